@@ -1,0 +1,146 @@
+"""The one Denoiser interface (M2) and the adapters that bring any network to it.
+
+A :class:`Denoiser` maps (x_t, t, cond) to the posterior mean E[x_0 | x_t, cond] (M2), with t in
+[0, 1] under its ``schedule``. Samplers, losses and objectives only ever call a Denoiser, so they
+never see whether the network predicts eps, v, x_0 or a flow velocity, nor which timestep
+convention it was trained with. Each adapter overrides one method, ``to_x0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from didr.diffusion.schedules import NoiseSchedule, broadcast_to
+
+
+class Denoiser(nn.Module):
+    """Base interface: ``forward(x_t, t, cond) -> x0_hat`` (M2); ``score`` follows from (M3)."""
+
+    def __init__(self, schedule: NoiseSchedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def score(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        """grad log p_t(x_t) = (a D - x_t) / s^2 (M3)."""
+        return score_from_x0(self(x_t, t, cond), x_t, t, self.schedule)
+
+
+def per_sample_time(t: Tensor | float, x: Tensor) -> Tensor:
+    """Expand a scalar time to a (B,) tensor on x's device."""
+    t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+def score_from_x0(x0_hat: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """The score of (M3): (a(t) D(x_t, t) - x_t) / s(t)^2."""
+    t = per_sample_time(t, x_t)
+    a, s = broadcast_to(schedule.alpha(t), x_t), broadcast_to(schedule.sigma(t), x_t)
+    return (a * x0_hat - x_t) / s**2
+
+
+def x0_from_score(score: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """Inverse of (M3): D = (x_t + s^2 score) / a."""
+    t = per_sample_time(t, x_t)
+    a, s = broadcast_to(schedule.alpha(t), x_t), broadcast_to(schedule.sigma(t), x_t)
+    return (x_t + s**2 * score) / a
+
+
+class NetworkDenoiser(Denoiser):
+    """Wraps ``net(x_t, model_time, cond) -> prediction`` and converts the prediction to x_0.
+
+    ``call_net`` adapts the call signature (diffusers backbones override it); ``to_x0`` adapts the
+    parameterisation. ``model_time`` comes from the schedule, so the net gets its own convention.
+    """
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule):
+        super().__init__(schedule)
+        self.net = net
+
+    def call_net(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
+        return self.net(x_t, self.schedule.model_time(t), cond)
+
+    def to_x0(self, out: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        t = per_sample_time(t, x_t)
+        out = self.call_net(x_t, t, cond)
+        a, s = broadcast_to(self.schedule.alpha(t), x_t), broadcast_to(self.schedule.sigma(t), x_t)
+        return self.to_x0(out.to(x_t.dtype), x_t, a, s)
+
+
+class EpsDenoiser(NetworkDenoiser):
+    """eps-prediction: x_0 = (x_t - s eps) / a."""
+
+    def to_x0(self, out, x_t, a, s):
+        return (x_t - s * out) / a
+
+
+class VDenoiser(NetworkDenoiser):
+    """v-prediction (VP schedules, v = a eps - s x_0): x_0 = a x_t - s v."""
+
+    def to_x0(self, out, x_t, a, s):
+        return a * x_t - s * out
+
+
+class X0Denoiser(NetworkDenoiser):
+    """The network predicts x_0 directly."""
+
+    def to_x0(self, out, x_t, a, s):
+        return out
+
+
+class FlowDenoiser(NetworkDenoiser):
+    """Flow velocity u = eps - x_0 (a = 1 - s): x_t = x_0 + s u, so x_0 = x_t - s u.
+
+    ``sign=-1`` serves backbones that predict x_0 - eps (Z-Image's transformer).
+    """
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, sign: float = 1.0):
+        super().__init__(net, schedule)
+        self.sign = sign
+
+    def to_x0(self, out, x_t, a, s):
+        return x_t - s * (self.sign * out)
+
+
+PREDICTION_TYPES = {"epsilon": EpsDenoiser, "v_prediction": VDenoiser, "sample": X0Denoiser, "flow": FlowDenoiser}
+
+
+class GuidedDenoiser(Denoiser):
+    """Classifier-free guidance (M4). Scores are affine in D (M3), so guiding D with scale w is
+    guiding the score: D~ = D(x | null) + w (D(x | c) - D(x | null)).
+
+    ``null_cond`` builds the unconditional input from a conditional one.
+    """
+
+    def __init__(self, base: Denoiser, scale: float, null_cond):
+        super().__init__(base.schedule)
+        self.base, self.scale, self.null_cond = base, float(scale), null_cond
+
+    def forward(self, x_t, t, cond=None):
+        if cond is None or self.scale == 1.0:
+            return self.base(x_t, t, cond)
+        t = per_sample_time(t, x_t)
+        both = self.base(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_cond(self.null_cond(cond), cond))
+        uncond, conditional = both.chunk(2)
+        return uncond + self.scale * (conditional - uncond)
+
+
+def concat_cond(a: Any, b: Any) -> Any:
+    """Concatenate two conditioning batches (tensors, or dicts/lists of tensors) along the batch."""
+    if isinstance(a, Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, dict):
+        return {k: concat_cond(a[k], b[k]) for k in a}
+    if isinstance(a, tuple):  # structured fields, each batched
+        return tuple(concat_cond(x, y) for x, y in zip(a, b))
+    if isinstance(a, list):  # one item per sample
+        return list(a) + list(b)
+    raise TypeError(f"cannot batch conditioning of type {type(a).__name__}")

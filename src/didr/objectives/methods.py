@@ -1,0 +1,159 @@
+"""Generator objectives: DI, DI++, DIDR, DMD and ReFL, one small class each (method.md §3).
+
+Every objective has the same call, ``objective(x0, cond, ref, ta) -> (loss, logs)``, where x0 are
+generator samples carrying the generator's graph, ``ref`` the frozen reference Denoiser (with CFG
+already applied, M4) and ``ta`` the teaching assistant. Objectives only see t in [0, 1] and the
+schedule's a(t), s(t): never a network's timestep convention.
+
+Score-distillation objectives differ only in ``target_x0``: the denoised estimate whose score
+(M3) is the target. The surrogate loss's gradient is (M11):
+    grad = E[ omega(t) (s_ta - s_target)^T dx_t/dtheta ],  s_ta - s_target = a/s^2 (D_ta - D_target).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from didr.diffusion.losses import sample_times
+from didr.diffusion.schedules import NoiseSchedule, broadcast_to
+from didr.errors import ConfigError
+from didr.objectives.drs import DRSEstimator
+from didr.rewards.base import call_reward
+
+#: omega(t) of (M10)-(M11), in units chosen so that "x0" makes the gradient with respect to x_0
+#: equal D_ta - D_target (the DMD / SiD convention).
+OMEGAS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "x0": lambda a, s: s**2 / a**2,
+    "score": lambda a, s: torch.ones_like(a),
+    "snr": lambda a, s: s**2 / a,
+}
+
+
+class Objective:
+    """Base: ``uses_ta`` tells the training loop whether to run TA updates."""
+
+    uses_ta = True
+    name = "objective"
+
+    def __call__(self, x0: Tensor, cond: Any, ref, ta) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class ScoreDistillation(Objective):
+    """Diff-Instruct (M11) with target D_ref: the DI baseline, and the base of DI++ / DIDR / DMD.
+
+    ``omega``: the weighting of (M10), one of ``x0`` (default), ``score``, ``snr``.
+    ``normalise``: DMD2's per-sample normalisation, dividing by mean |x_0 - D_target|.
+    ``t_min`` / ``t_max``: the range of generator noise levels (defaults: the schedule's).
+    """
+
+    name = "di"
+
+    def __init__(self, schedule: NoiseSchedule, *, omega: str = "x0", normalise: bool = False, t_min=None, t_max=None):
+        if omega not in OMEGAS:
+            raise ConfigError(f"unknown omega {omega!r}; choose one of {', '.join(OMEGAS)}")
+        self.schedule, self.omega, self.normalise = schedule, OMEGAS[omega], normalise
+        self.t_min, self.t_max = t_min, t_max
+
+    def target_x0(self, x_t: Tensor, t: Tensor, cond: Any, ref) -> tuple[Tensor, dict[str, float]]:
+        with torch.no_grad():
+            return ref(x_t, t, cond), {}
+
+    def __call__(self, x0, cond, ref, ta):
+        b = x0.shape[0]
+        t = sample_times(b, self.schedule, device=x0.device, t_min=self.t_min, t_max=self.t_max)
+        x_t = self.schedule.add_noise(x0, t, torch.randn_like(x0))
+        with torch.no_grad():
+            d_ta = ta(x_t.detach(), t, cond)
+        d_target, logs = self.target_x0(x_t.detach(), t, cond, ref)
+        a, s = broadcast_to(self.schedule.alpha(t), x0), broadcast_to(self.schedule.sigma(t), x0)
+        grad = self.omega(a, s) * a / s**2 * (d_ta - d_target)  # omega (s_ta - s_target)
+        if self.normalise:
+            scale = (x0.detach() - d_target).abs().reshape(b, -1).mean(1).clamp_min(1e-6)
+            grad = grad / broadcast_to(scale, grad)
+        grad = torch.nan_to_num(grad.detach())
+        loss = (grad * x_t).reshape(b, -1).sum(1).mean()
+        logs = {**logs, "grad_norm": float(grad.reshape(b, -1).norm(dim=1).mean())}
+        return loss, logs
+
+
+class DI(ScoreDistillation):
+    """Diff-Instruct: (M11) with no reward (the beta -> infinity limit of DIDR)."""
+
+    name = "di"
+
+
+class DMD(ScoreDistillation):
+    """DMD-style distribution matching: (M11) with DMD2's per-sample normalisation."""
+
+    name = "dmd"
+
+    def __init__(self, schedule, **kw):
+        kw.setdefault("normalise", True)
+        super().__init__(schedule, **kw)
+
+
+class DIPlusPlus(ScoreDistillation):
+    """DI++: (M11) without DRS, plus -alpha E[r(g(z))] at the endpoint x_0 only."""
+
+    name = "dipp"
+
+    def __init__(self, schedule, reward: Callable, alpha: float, **kw):
+        super().__init__(schedule, **kw)
+        if alpha < 0:
+            raise ConfigError(f"DI++ reward weight alpha must be >= 0, got {alpha}")
+        self.reward, self.alpha = reward, float(alpha)
+
+    def __call__(self, x0, cond, ref, ta):
+        loss, logs = super().__call__(x0, cond, ref, ta)
+        r = call_reward(self.reward, x0, cond)
+        return loss - self.alpha * r.mean(), {**logs, "reward": float(r.mean())}
+
+
+class DIDR(ScoreDistillation):
+    """DIDR: (M11) with the tilted target s_ref + DRS (M8) at every noise level.
+
+    In x_0 units the target is D_ref + s^2 / a * DRS. The reward strength is beta alone, set on
+    the DRS estimator.
+    """
+
+    name = "didr"
+
+    def __init__(self, schedule, estimator: DRSEstimator, **kw):
+        super().__init__(schedule, **kw)
+        self.estimator = estimator
+
+    def target_x0(self, x_t, t, cond, ref):
+        est = self.estimator(ref, x_t, t, cond)
+        d_ref = est.x0_ref
+        if d_ref is None:
+            with torch.no_grad():
+                d_ref = ref(x_t, t, cond)
+        a, s = broadcast_to(self.schedule.alpha(t), x_t), broadcast_to(self.schedule.sigma(t), x_t)
+        drs = est.drs.detach()
+        return d_ref + s**2 / a * drs, {"drs_norm": float(drs.reshape(drs.shape[0], -1).norm(dim=1).mean())}
+
+
+class ReFL(Objective):
+    """ReFL-style direct reward fine-tuning: -E[r(g(z))], optionally plus a regression of the
+    generator's output onto a frozen copy of the initial generator with the same noise
+    (``reg_weight``; the initial generator is the teacher's one-step distillation)."""
+
+    uses_ta = False
+    name = "refl"
+
+    def __init__(self, reward: Callable, reg_weight: float = 0.0):
+        self.reward, self.reg_weight = reward, float(reg_weight)
+
+    def __call__(self, x0, cond, ref, ta, x0_init: Tensor | None = None):
+        r = call_reward(self.reward, x0, cond)
+        loss = -r.mean()
+        logs = {"reward": float(r.mean())}
+        if self.reg_weight > 0 and x0_init is not None:
+            reg = ((x0 - x0_init.detach()) ** 2).reshape(x0.shape[0], -1).mean(1).mean()
+            loss = loss + self.reg_weight * reg
+            logs["reg"] = float(reg)
+        return loss, logs
