@@ -1,0 +1,62 @@
+"""The ``didr`` command line: ``didr toy``, ``didr train``, ``didr bench``, ``didr score``, ``didr sample``.
+
+Each subcommand lives in its own module, which exposes ``register(subparsers)``: it adds its
+parser and sets ``func`` to a function taking the parsed arguments and returning an exit status.
+Errors the user caused (:class:`didr.errors.DidrError`) are printed on one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from didr.errors import DidrError
+
+#: modules that register a subcommand; a missing optional one is skipped
+SUBCOMMAND_MODULES = [
+    "didr.experiments.toy_cli",
+    "didr.train.cli",
+    "didr.experiments.bench_cli",
+    "didr.eval.score",
+    "didr.models.sample_cli",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors also exit with 2, on one line
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="didr", description="Align one-step diffusion generators with reward models (DIDR).")
+    from didr import __version__
+
+    parser.add_argument("--version", action="version", version=f"didr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DidrError as err:
+        print(f"didr {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"didr {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
