@@ -121,9 +121,11 @@ class MixtureDenoiser(Denoiser):
         t = per_sample_time(t, x_t)
         a, s = self.schedule.alpha(t).expand(x_t.shape[0]), self.schedule.sigma(t).expand(x_t.shape[0])
         flat = x_t.reshape(x_t.shape[0], -1)
-        if s.min() <= 0:  # t = 0: the data itself
+        clean = s <= 0  # t = 0: the data itself, per sample (times may differ within a batch)
+        if clean.all():
             return x_t
-        return self.mixture.posterior_mean(flat, a, s).to(x_t.dtype).reshape(x_t.shape)
+        out = self.mixture.posterior_mean(flat, a, torch.where(clean, torch.ones_like(s), s))
+        return torch.where(broadcast_to(clean, x_t), x_t, out.to(x_t.dtype).reshape(x_t.shape))
 
 
 class TiltedDensity:

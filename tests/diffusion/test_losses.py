@@ -1,0 +1,89 @@
+"""Denoising score matching (M5) and the noise-level sampler."""
+
+import pytest
+import torch
+from torch import nn
+
+from didr.diffusion.losses import dsm_loss, sample_times
+from didr.diffusion.mixture import GaussianMixture, MixtureDenoiser
+from didr.diffusion.schedules import FlowMatchingSchedule, VPCosineSchedule
+from didr.models.denoiser import Denoiser, X0Denoiser
+
+MIX = GaussianMixture.ring(n_modes=4, radius=2.0, std=0.4)
+
+
+class Perturbed(Denoiser):
+    def __init__(self, base, delta):
+        super().__init__(base.schedule)
+        self.base, self.delta = base, delta
+
+    def forward(self, x_t, t, cond=None):
+        return self.base(x_t, t, cond) + self.delta
+
+
+def test_dsm_is_minimised_by_the_posterior_mean():
+    """(M5) is E||D - E[x0|x_t]||^2 + const, so a constant offset delta adds exactly delta^2
+    (per dimension) to the loss at the exact denoiser, up to Monte-Carlo error."""
+    schedule = VPCosineSchedule()
+    exact = MixtureDenoiser(MIX, schedule)
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    x0 = MIX.sample(n, generator=g)
+    t = sample_times(n, schedule, generator=g)
+    eps = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    base = float(dsm_loss(exact, x0, t, noise=eps).mean())
+    for delta in (0.1, -0.3):
+        worse = float(dsm_loss(Perturbed(exact, delta), x0, t, noise=eps).mean())
+        assert worse > base
+        assert worse - base == pytest.approx(delta**2, abs=0.2 * delta**2)
+    # shrinking towards zero is also worse
+    shrink = Perturbed(exact, 0.0)
+    shrink.forward = lambda x_t, t, cond=None: 0.9 * exact(x_t, t, cond)
+    assert float(dsm_loss(shrink, x0, t, noise=eps).mean()) > base + 1e-3
+
+
+def test_dsm_hand_computed_and_weighted():
+    """A denoiser returning x_t has per-sample error mean_d ((a - 1) x0 + s eps)^2; lambda(t) multiplies it."""
+    schedule = VPCosineSchedule()
+    ident = X0Denoiser(lambda x, tm, c: x, schedule)
+    x0, eps, t = torch.randn(5, 3, 2, 2), torch.randn(5, 3, 2, 2), torch.rand(5)
+    a, s = schedule.alpha(t)[:, None, None, None], schedule.sigma(t)[:, None, None, None]
+    expected = (((a - 1) * x0 + s * eps) ** 2).reshape(5, -1).mean(1)
+    torch.testing.assert_close(dsm_loss(ident, x0, t, noise=eps), expected)
+    weighting = lambda sched, tt: 1 + 10 * tt  # noqa: E731
+    torch.testing.assert_close(dsm_loss(ident, x0, t, noise=eps, weighting=weighting), (1 + 10 * t) * expected)
+
+
+def test_dsm_gradient_reaches_the_denoiser_not_the_data():
+    """The TA tracks the generator's samples but never pushes on them (x0 is detached in M5)."""
+    schedule = VPCosineSchedule()
+    den = X0Denoiser(nn.Linear(3, 3), schedule)
+    den.net = _TimeIgnoring(den.net)
+    x0 = torch.randn(8, 3, requires_grad=True)
+    dsm_loss(den, x0, torch.rand(8)).mean().backward()
+    assert x0.grad is None
+    assert den.net.lin.weight.grad is not None and den.net.lin.weight.grad.abs().sum() > 0
+
+
+class _TimeIgnoring(nn.Module):
+    def __init__(self, lin):
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x, t, cond):
+        return self.lin(x)
+
+
+def test_sample_times_range_and_flow_shift():
+    vp = VPCosineSchedule()
+    t = sample_times(50000, vp, generator=torch.Generator().manual_seed(0))
+    assert float(t.min()) >= vp.t_min and float(t.max()) <= vp.t_max
+    assert float(t.mean()) == pytest.approx((vp.t_min + vp.t_max) / 2, abs=0.01)
+    fixed = sample_times(4, vp, t_min=0.3, t_max=0.3)
+    torch.testing.assert_close(fixed, torch.full((4,), 0.3))
+    # flow matching: uniform times pass through the shift
+    flow = FlowMatchingSchedule(shift=3.0)
+    shifted = sample_times(1000, flow, generator=torch.Generator().manual_seed(1))
+    u = flow.t_min + (flow.t_max - flow.t_min) * torch.rand(1000, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(shifted, flow.shift_time(u))
+    assert float(shifted.median()) > 0.6  # shift 3 puts the median near 0.75
