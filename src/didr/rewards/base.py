@@ -13,6 +13,7 @@ with a message that names the reward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -53,3 +54,36 @@ def call_reward(reward: Callable, images: Tensor, prompts: Any = None) -> Tensor
         bad = int((~torch.isfinite(out)).sum())
         raise RewardError(f"reward {name!r} returned {bad} non-finite value(s) (NaN or inf) in a batch of {images.shape[0]}")
     return out
+
+
+@dataclass(frozen=True)
+class RewardInfo:
+    """A reward's metadata, read from its attributes with defaults for plain callables."""
+
+    name: str
+    differentiable: bool = True
+    higher_is_better: bool = True
+    typical_range: tuple[float, float] | None = None
+
+
+def reward_info(reward: Callable) -> RewardInfo:
+    """Metadata of any reward: a :class:`Reward`, or a plain callable (assumed differentiable)."""
+    rng = getattr(reward, "typical_range", None)
+    return RewardInfo(
+        name=reward_name(reward),
+        differentiable=is_differentiable(reward),
+        higher_is_better=bool(getattr(reward, "higher_is_better", True)),
+        typical_range=tuple(rng) if rng is not None else None,
+    )
+
+
+def prompt_list(prompts: Any, batch: int, name: str) -> list[str]:
+    """Text prompts as a list of ``batch`` strings; one string is repeated for the whole batch."""
+    if isinstance(prompts, str):
+        return [prompts] * batch
+    if prompts is None or not all(isinstance(p, str) for p in prompts):
+        raise RewardError(f"reward {name!r} needs text prompts (a string or a list of {batch} strings), got {type(prompts).__name__}")
+    prompts = list(prompts)
+    if len(prompts) != batch:
+        raise RewardError(f"reward {name!r} got {len(prompts)} prompts for {batch} images")
+    return prompts
