@@ -1,0 +1,108 @@
+"""HPSv2.1: an open_clip-layout checkpoint mapped onto transformers' CLIP, loaded and scored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import OpenClipReference, save_clip_tokenizer, tiny_hps_config
+
+from didr.errors import ModelLoadError
+from didr.rewards.base import call_reward
+from didr.rewards.hps import VIT_H_14, hps_config, load_hpsv2, open_clip_to_transformers
+from didr.rewards.loading import key_mismatch
+
+PROMPTS = ["a photo of an astronaut", "a red cup of coffee"]
+
+
+@pytest.fixture(scope="module")
+def hps_folder(tmp_path_factory):
+    """The official file name and ``{"state_dict": ...}`` layout, plus a tokenizer and the tiny architecture's config."""
+    folder = tmp_path_factory.mktemp("hps")
+    vocab = save_clip_tokenizer(folder)
+    torch.manual_seed(0)
+    reference = OpenClipReference(vocab).eval()
+    torch.save({"epoch": 1, "state_dict": reference.state_dict()}, folder / "HPS_v2.1_compressed.pt")
+    (folder / "config.json").write_text(json.dumps(tiny_hps_config(vocab)))
+    return folder, reference
+
+
+def test_open_clip_keys_map_onto_transformers_clip_exactly(hps_folder):
+    from transformers import CLIPModel
+
+    _, reference = hps_folder
+    mapped = open_clip_to_transformers(reference.state_dict())
+    model = CLIPModel(hps_config(tiny_hps_config(reference.token_embedding.num_embeddings)))
+    missing, unexpected = key_mismatch(model.state_dict().keys(), mapped.keys())
+    assert missing == set() and unexpected == set()
+    assert all(model.state_dict()[k].shape == v.shape for k, v in mapped.items())
+
+
+def test_vit_h_14_key_count_matches_open_clip_layout():
+    """Full-size ViT-H-14: 32 vision + 24 text blocks of 12 tensors each, plus 17 others, all mapped."""
+    from transformers import CLIPModel
+
+    from didr.rewards.loading import empty_model
+
+    model = empty_model(lambda: CLIPModel(hps_config(VIT_H_14)))
+    # open_clip's ViT-H-14 key list, from model.py / transformer.py (no layer scale, no attention pooling)
+    block = ["ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
+             "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"]
+    keys = ["positional_embedding", "text_projection", "logit_scale", "token_embedding.weight", "ln_final.weight", "ln_final.bias",
+            "visual.class_embedding", "visual.positional_embedding", "visual.proj", "visual.conv1.weight",
+            "visual.ln_pre.weight", "visual.ln_pre.bias", "visual.ln_post.weight", "visual.ln_post.bias"]
+    keys += [f"transformer.resblocks.{i}.{b}" for i in range(24) for b in block]
+    keys += [f"visual.transformer.resblocks.{i}.{b}" for i in range(32) for b in block]
+    own = model.state_dict()
+    fake = {k: torch.empty(0) for k in keys}
+    mapped = open_clip_to_transformers(fake)
+    missing, unexpected = key_mismatch(own.keys(), mapped.keys())
+    assert missing == set() and unexpected == set()
+    assert own["vision_model.embeddings.position_embedding.weight"].shape == (257, 1280)
+    assert own["text_projection.weight"].shape == (1024, 1024)
+
+
+def test_hps_matches_open_clip_forward(hps_folder):
+    """The mapped model computes open_clip's encode_image / encode_text: q/k/v split, transposed projections, EOT pooling."""
+    folder, reference = hps_folder
+    reward = load_hpsv2(folder)
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, 240, 320) * 2 - 1
+    tokens = reward.tokenizer(PROMPTS, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want_img = F.normalize(reference.encode_image(reward.preprocess(images)), dim=-1)
+        want_txt = F.normalize(reference.encode_text(tokens), dim=-1)
+        assert torch.allclose(reward.encode_images(images), want_img, atol=1e-5)
+        assert torch.allclose(reward.encode_prompts(PROMPTS), want_txt, atol=1e-5)
+        got = call_reward(reward, images, PROMPTS)
+    # hpsv2's benchmark: 100 * image_features @ text_features.T, diagonal
+    assert torch.allclose(got, 100 * (want_img * want_txt).sum(-1), atol=1e-3)
+    assert reward.name == "hpsv2.1" and reward.differentiable
+
+
+def test_hps_gradient_reaches_pixels(hps_folder):
+    reward = load_hpsv2(hps_folder[0] / "HPS_v2.1_compressed.pt", config=hps_folder[0], tokenizer=hps_folder[0])
+    images = (torch.rand(2, 3, 128, 128) * 2 - 1).requires_grad_(True)
+    reward(images, PROMPTS).sum().backward()
+    assert torch.isfinite(images.grad).all() and (images.grad != 0).float().mean() > 0.99
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"HPS_v2\.1_compressed\.pt"):
+        load_hpsv2(tmp_path)
+
+
+def test_foreign_checkpoint_is_refused_with_its_keys(tmp_path, hps_folder):
+    torch.save({"state_dict": {"visual.attn_pool.query": torch.zeros(2, 2)}}, tmp_path / "HPS_v2.1_compressed.pt")
+    with pytest.raises(ModelLoadError, match="visual.attn_pool.query"):
+        load_hpsv2(tmp_path, config=hps_folder[0], tokenizer=hps_folder[0])
+
+
+def test_incomplete_checkpoint_names_missing_keys(tmp_path, hps_folder):
+    folder, reference = hps_folder
+    state = {k: v for k, v in reference.state_dict().items() if k != "ln_final.weight"}
+    torch.save({"state_dict": state}, tmp_path / "HPS_v2.1_compressed.pt")
+    with pytest.raises(ModelLoadError, match="1 missing.*final_layer_norm.weight"):
+        load_hpsv2(tmp_path, config=folder, tokenizer=folder)
