@@ -12,8 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_preprocess import torchvision_reference, transformers_reference
-from tiny_models import save_clip_folder, to_model_range
+from tiny_models import torchvision_reference, to_model_range, transformers_reference
 
 from didr.errors import ModelLoadError, RewardError
 from didr.rewards.base import call_reward
@@ -26,18 +25,6 @@ PROMPTS = ["a photo of an astronaut", "a red cup of coffee"]
 @pytest.fixture(scope="module")
 def pickscore(clip_folder):
     return load_pickscore(clip_folder)
-
-
-@pytest.fixture(scope="module")
-def aesthetic_folder(tmp_path_factory):
-    """OpenAI-CLIP-like tiny model (quick GELU) plus a head file under the official name."""
-    folder = save_clip_folder(tmp_path_factory.mktemp("aesthetic"), seed=1, act="quick_gelu")
-    torch.manual_seed(2)
-    head = MLPHead(16)
-    for p in head.parameters():
-        p.data.normal_(0, 0.3)
-    torch.save(head.state_dict(), folder / "sac+logos+ava1-l14-linearMSE.pth")
-    return folder
 
 
 def two_photos(photos) -> tuple[torch.Tensor, list[np.ndarray]]:

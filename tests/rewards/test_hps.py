@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import OpenClipReference, save_clip_tokenizer, tiny_hps_config
+from tiny_models import tiny_hps_config
 
 from didr.errors import ModelLoadError
 from didr.rewards.base import call_reward
@@ -15,18 +13,6 @@ from didr.rewards.hps import VIT_H_14, hps_config, load_hpsv2, open_clip_to_tran
 from didr.rewards.loading import key_mismatch
 
 PROMPTS = ["a photo of an astronaut", "a red cup of coffee"]
-
-
-@pytest.fixture(scope="module")
-def hps_folder(tmp_path_factory):
-    """The official file name and ``{"state_dict": ...}`` layout, plus a tokenizer and the tiny architecture's config."""
-    folder = tmp_path_factory.mktemp("hps")
-    vocab = save_clip_tokenizer(folder)
-    torch.manual_seed(0)
-    reference = OpenClipReference(vocab).eval()
-    torch.save({"epoch": 1, "state_dict": reference.state_dict()}, folder / "HPS_v2.1_compressed.pt")
-    (folder / "config.json").write_text(json.dumps(tiny_hps_config(vocab)))
-    return folder, reference
 
 
 def test_open_clip_keys_map_onto_transformers_clip_exactly(hps_folder):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import official_image_reward_state, save_image_reward_folder
+from tiny_models import official_image_reward_state
 
 from didr.errors import ModelLoadError
 from didr.rewards.base import call_reward
@@ -21,11 +21,6 @@ from didr.rewards.image_reward import (
 from didr.rewards.loading import key_mismatch
 
 PROMPTS = ["a photo of an astronaut", "a red cup of coffee"]
-
-
-@pytest.fixture(scope="module")
-def image_reward_folder(tmp_path_factory):
-    return save_image_reward_folder(tmp_path_factory.mktemp("imagereward"))
 
 
 def test_official_layout_maps_with_no_missing_or_unexpected_keys():

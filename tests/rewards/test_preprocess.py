@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import to_model_range
+from tiny_models import torchvision_reference, to_model_range, transformers_reference
 
 from didr.rewards.preprocess import (
-    OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     ImagePreprocess,
     center_crop,
@@ -29,27 +28,6 @@ from didr.rewards.preprocess import (
 
 GREY = 1 / 255 / min(OPENAI_CLIP_STD)  # one grey level in normalised units
 MAX_TOL, MEAN_TOL = 1.5 * GREY, 0.5 * GREY
-
-
-def transformers_reference(pil: Image.Image) -> torch.Tensor:
-    """transformers' CLIP image processor (PIL backend), as PickScore's and CLIPScore's official code runs it."""
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    return torch.from_numpy(np.asarray(CLIPImageProcessorPil()(images=pil, return_tensors="np")["pixel_values"]))
-
-
-def torchvision_reference(pil: Image.Image, size: int = 224) -> torch.Tensor:
-    """torchvision's Resize(size, BICUBIC) + CenterCrop(size) + ToTensor + Normalize on a PIL image.
-
-    torchvision itself does not import here; on PIL images its Resize calls ``PIL.Image.resize``
-    with the size rule below, and CenterCrop rounds the offset (``int(round((h - size) / 2.0))``).
-    """
-    w, h = pil.size
-    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    arr = np.asarray(pil.resize(new, Image.BICUBIC)).astype(np.float32) / 255
-    top, left = int(round((arr.shape[0] - size) / 2.0)), int(round((arr.shape[1] - size) / 2.0))
-    arr = (arr[top : top + size, left : left + size] - np.array(OPENAI_CLIP_MEAN)) / np.array(OPENAI_CLIP_STD)
-    return torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1)[None]
 
 
 def shrunk(array: np.ndarray, factor: int = 10) -> np.ndarray:

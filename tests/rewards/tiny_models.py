@@ -1,4 +1,4 @@
-"""Tiny random reward models, saved in the official layouts, for loading tests (no downloads).
+"""Tiny random reward models saved in the official layouts, and the official preprocessing paths, for tests.
 
 The open_clip and BLIP-ViT reference modules copy the official module structure (attribute
 names, fused attention projections, LayerNorm eps) from open_clip's ``transformer.py``/``model.py``
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from didr.rewards.heads import MLPHead
+from didr.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 CLIP_WIDTH, CLIP_HEADS, CLIP_LAYERS, CLIP_EMBED, PATCH = 32, 2, 2, 16, 32
 BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", "cat", "dog", "photo", "of", "red", "blue", "astronaut", "coffee", "cup"]
@@ -25,6 +26,31 @@ BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqr
 def to_model_range(array) -> torch.Tensor:
     """(H, W, 3) uint8 array -> (1, 3, H, W) float in [-1, 1], the rewards' input convention."""
     return torch.from_numpy(np.array(array)).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+# ---------------------------------------------------------------- official preprocessing paths
+
+def transformers_reference(pil) -> torch.Tensor:
+    """transformers' CLIP image processor (PIL backend), as PickScore's and CLIPScore's official code runs it."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    return torch.from_numpy(np.asarray(CLIPImageProcessorPil()(images=pil, return_tensors="np")["pixel_values"]))
+
+
+def torchvision_reference(pil, size: int = 224) -> torch.Tensor:
+    """torchvision's Resize(size, BICUBIC) + CenterCrop(size) + ToTensor + Normalize on a PIL image.
+
+    torchvision itself does not import here; on PIL images its Resize calls ``PIL.Image.resize``
+    with the size rule below, and CenterCrop rounds the offset (``int(round((h - size) / 2.0))``).
+    """
+    from PIL import Image
+
+    w, h = pil.size
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    arr = np.asarray(pil.resize(new, Image.BICUBIC)).astype(np.float32) / 255
+    top, left = int(round((arr.shape[0] - size) / 2.0)), int(round((arr.shape[1] - size) / 2.0))
+    arr = (arr[top : top + size, left : left + size] - np.array(OPENAI_CLIP_MEAN)) / np.array(OPENAI_CLIP_STD)
+    return torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1)[None]
 
 
 # ---------------------------------------------------------------- tokenizers
