@@ -130,3 +130,11 @@ def test_missing_weight_file_is_named(tmp_path, clip_folder):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(ModelLoadError, match="nowhere"):
         load_pickscore(tmp_path / "nowhere")
+
+
+def test_train_mode_of_a_parent_does_not_reach_the_reward_model(pickscore):
+    parent = torch.nn.ModuleDict({"reward": pickscore}).train()
+    assert not parent["reward"].model.training
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(pickscore(images, "a cat"), pickscore(images, "a cat"))

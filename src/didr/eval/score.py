@@ -1,7 +1,7 @@
 """``didr score``: score a folder of images against their prompts with any set of rewards.
 
-    didr score samples/ -r pickscore:/models/PickScore_v1 -r aesthetic:/models/aesthetic \
-        --prompts prompts.txt --output scores.csv
+    didr score samples/ -r pickscore:/models/PickScore_v1 --prompts prompts.txt -o scores.csv
+    didr score samples/ -r hpsv2:/models/HPS_v2.1_compressed.pt -r aesthetic:/models/aesthetic -o scores.json
 
 Prompts come from ``--prompts FILE`` (.txt: one line per image in sorted file order, or one line
 for all; .json: ``{"file.png": "prompt"}`` or a list in file order; .jsonl/.csv: records with

@@ -34,6 +34,17 @@ class Reward(nn.Module):
         raise NotImplementedError
 
 
+class FrozenReward(Reward):
+    """A reward wrapping a pretrained model that must stay in evaluation mode.
+
+    ``.train()`` on a parent module would otherwise switch on the reward model's dropout and make
+    its scores random; here it is a no-op.
+    """
+
+    def train(self, mode: bool = True) -> "FrozenReward":
+        return super().train(False)
+
+
 def reward_name(reward: Callable) -> str:
     return getattr(reward, "name", None) or getattr(reward, "__name__", None) or type(reward).__name__
 

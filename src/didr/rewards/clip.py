@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from didr.errors import ModelLoadError
-from didr.rewards.base import Reward, prompt_list
+from didr.rewards.base import FrozenReward, prompt_list
 from didr.rewards.heads import MLPHead
 from didr.rewards.loading import freeze, from_pretrained, has_files, load_state_dict, load_strict, resolve_file
 from didr.rewards.preprocess import ImagePreprocess, preprocess_from_config, torchvision_clip_preprocess
@@ -38,7 +38,7 @@ AESTHETIC_HEAD_FILES = ("sac+logos+ava1-l14-linearMSE.pth", "aesthetic_head.safe
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 
 
-class CLIPSimilarityReward(Reward):
+class CLIPSimilarityReward(FrozenReward):
     """``scale * cos(image embedding, text embedding)``, optionally clamped below; ``scale=None`` uses CLIP's logit scale."""
 
     def __init__(self, model, tokenizer, preprocess: ImagePreprocess, *, scale: float | None = None, clamp_min: float | None = None):
@@ -87,7 +87,7 @@ class CLIPScoreReward(CLIPSimilarityReward):
     typical_range = (15.0, 40.0)
 
 
-class AestheticReward(Reward):
+class AestheticReward(FrozenReward):
     """LAION aesthetic predictor: MLP on the unit-norm CLIP ViT-L/14 image embedding; prompts are ignored."""
 
     name = "aesthetic"

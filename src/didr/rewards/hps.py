@@ -24,7 +24,7 @@ from torch import Tensor
 
 from didr.errors import ModelLoadError
 from didr.rewards.clip import CLIP_H_PROCESSOR_HUB, TOKENIZER_FILES, CLIPSimilarityReward
-from didr.rewards.loading import empty_model, freeze, from_pretrained, has_files, is_local, load_state_dict, load_strict, resolve_file
+from didr.rewards.loading import empty_model, freeze, from_pretrained, has_files, load_state_dict, load_strict, resolve_file
 from didr.rewards.preprocess import torchvision_clip_preprocess
 
 HPS_HUB = "xswu/HPSv2"
@@ -141,7 +141,7 @@ def load_hpsv2(
 
     what = "HPSv2"
     path = resolve_file(source, [filename, filename.replace(".pt", ".safetensors")], f"{what} checkpoint")
-    if config is None and is_local(source) and has_files(source, "config.json"):
+    if config is None and has_files(source, "config.json"):
         config = source
     cfg = hps_config(config)
     model = empty_model(lambda: CLIPModel(cfg))

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from didr.errors import ModelLoadError
-from didr.rewards.base import Reward, prompt_list
+from didr.rewards.base import FrozenReward, prompt_list
 from didr.rewards.heads import MLPHead
 from didr.rewards.loading import empty_model, freeze, from_pretrained, has_files, load_state_dict, load_strict, resolve_file
 from didr.rewards.preprocess import ImagePreprocess, torchvision_clip_preprocess
@@ -154,7 +154,7 @@ def load_blip_tokenizer(source: str | os.PathLike):
     return tokenizer
 
 
-class ImageReward(Reward):
+class ImageReward(FrozenReward):
     """ImageReward v1.0 as a differentiable reward on images (B, 3, H, W) in [-1, 1]."""
 
     name = "imagereward"

@@ -46,6 +46,7 @@ def resolve_file(source: str | os.PathLike, filenames: Sequence[str], what: str)
 
 def _hub_file(repo: str, filenames: Sequence[str], what: str) -> Path:
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     errors = []
     for name in filenames:
@@ -53,6 +54,8 @@ def _hub_file(repo: str, filenames: Sequence[str], what: str) -> Path:
             return Path(hf_hub_download(repo, name))
         except Exception as err:  # offline, missing repo or file: all mean "not here"
             errors.append(f"{name}: {type(err).__name__}")
+            if not isinstance(err, EntryNotFoundError) or isinstance(err, LocalEntryNotFoundError):
+                break  # the hub is unreachable or the repo missing: other file names would only wait again
     raise ModelLoadError(f"{what}: could not fetch {' or '.join(filenames)} from hub repo {repo!r} ({'; '.join(errors)}); pass a local path")
 
 
