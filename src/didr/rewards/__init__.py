@@ -7,7 +7,7 @@ of prompts. :func:`load_reward` builds one from a spec string such as ``pickscor
 importing this package does not.
 """
 
-from didr.rewards.base import Reward, RewardInfo, call_reward, is_differentiable, prompt_list, reward_info, reward_name
+from didr.rewards.base import FrozenReward, Reward, RewardInfo, call_reward, is_differentiable, prompt_list, reward_info, reward_name
 from didr.rewards.clip import (
     AestheticReward,
     CLIPScoreReward,
@@ -25,7 +25,7 @@ from didr.rewards.registry import RewardSpec, load_reward, parse_reward_spec
 from didr.rewards.toy import LinearReward, SigmoidReward, StepReward, parse_toy_reward
 
 __all__ = [
-    "Reward", "RewardInfo", "call_reward", "is_differentiable", "prompt_list", "reward_info", "reward_name",
+    "Reward", "FrozenReward", "RewardInfo", "call_reward", "is_differentiable", "prompt_list", "reward_info", "reward_name",
     "AestheticReward", "CLIPScoreReward", "CLIPSimilarityReward", "PickScoreReward", "HPSv2Reward", "ImageReward",
     "ImageRewardModel", "CompositeReward", "composite_from_config",
     "load_aesthetic", "load_clipscore", "load_pickscore", "load_hpsv2", "load_image_reward", "load_reward",
