@@ -32,12 +32,17 @@ def dsm_loss(
     cond: Any = None,
     *,
     noise: Tensor | None = None,
-    weighting: Callable[[NoiseSchedule, Tensor], Tensor] = x0_weighting,
+    weighting: Callable[[NoiseSchedule, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Per-sample DSM loss (M5): lambda(t) || D(a x_0 + s eps, t) - x_0 ||^2, averaged over dims.
 
-    ``x0`` is detached: the TA tracks the generator's distribution but never pushes on it.
+    ``weighting`` defaults to the denoiser's own ``dsm_weight(t)`` when it defines one (a
+    preconditioned network's natural weighting), else lambda = 1. ``x0`` is detached: the TA
+    tracks the generator's distribution but never pushes on it.
     """
+    if weighting is None:
+        own = getattr(denoiser, "dsm_weight", None)
+        weighting = (lambda _s, tt: own(tt)) if own is not None else x0_weighting
     x0 = x0.detach()
     eps = torch.randn_like(x0) if noise is None else noise
     x_t = denoiser.schedule.add_noise(x0, t, eps)

@@ -84,7 +84,8 @@ class MonteCarloDRS(DRSEstimator):
     """Monte-Carlo DRS from (M9): draw x_0^i ~ p_ref(x_0 | x_t) with the ancestral sampler,
     weight by w_i = exp(r(x_0^i) / beta) (normalised in log space), and return
     a / s^2 (weighted mean - plain mean). Needs no reward gradient; unbiased as N grows
-    (up to the sampler's own discretisation error)."""
+    (up to the sampler's discretisation error: with few steps the sampler under-disperses across
+    modes, so estimates shrink towards zero; see benchmarks/results/drs_error.md)."""
 
     needs_reward_grad = False
 

@@ -1,8 +1,8 @@
 """Generator objectives: DI, DI++, DIDR, DMD and ReFL, one small class each (method.md §3).
 
-Every objective has the same call, ``objective(x0, cond, ref, ta) -> (loss, logs)``, where x0 are
-generator samples carrying the generator's graph, ``ref`` the frozen reference Denoiser (with CFG
-already applied, M4) and ``ta`` the teaching assistant. Objectives only see t in [0, 1] and the
+Every objective has the same call, ``objective(x0, cond, ref, ta, z=None) -> (loss, logs)``, where
+x0 are generator samples carrying the generator's graph, ``ref`` the frozen reference Denoiser (with
+CFG already applied, M4), ``ta`` the teaching assistant and ``z`` the generator's input noise. Objectives only see t in [0, 1] and the
 schedule's a(t), s(t): never a network's timestep convention.
 
 Score-distillation objectives differ only in ``target_x0``: the denoised estimate whose score
@@ -38,7 +38,7 @@ class Objective:
     uses_ta = True
     name = "objective"
 
-    def __call__(self, x0: Tensor, cond: Any, ref, ta) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover
+    def __call__(self, x0: Tensor, cond: Any, ref, ta, z: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -62,7 +62,7 @@ class ScoreDistillation(Objective):
         with torch.no_grad():
             return ref(x_t, t, cond), {}
 
-    def __call__(self, x0, cond, ref, ta):
+    def __call__(self, x0, cond, ref, ta, z=None):
         b = x0.shape[0]
         t = sample_times(b, self.schedule, device=x0.device, t_min=self.t_min, t_max=self.t_max)
         x_t = self.schedule.add_noise(x0, t, torch.randn_like(x0))
@@ -107,8 +107,8 @@ class DIPlusPlus(ScoreDistillation):
             raise ConfigError(f"DI++ reward weight alpha must be >= 0, got {alpha}")
         self.reward, self.alpha = reward, float(alpha)
 
-    def __call__(self, x0, cond, ref, ta):
-        loss, logs = super().__call__(x0, cond, ref, ta)
+    def __call__(self, x0, cond, ref, ta, z=None):
+        loss, logs = super().__call__(x0, cond, ref, ta, z)
         r = call_reward(self.reward, x0, cond)
         return loss - self.alpha * r.mean(), {**logs, "reward": float(r.mean())}
 
@@ -138,22 +138,24 @@ class DIDR(ScoreDistillation):
 
 
 class ReFL(Objective):
-    """ReFL-style direct reward fine-tuning: -E[r(g(z))], optionally plus a regression of the
-    generator's output onto a frozen copy of the initial generator with the same noise
-    (``reg_weight``; the initial generator is the teacher's one-step distillation)."""
+    """ReFL-style direct reward fine-tuning: -E[r(g(z))], optionally plus ``reg_weight`` times a
+    regression of g(z) onto a frozen copy of the initial generator at the same z (the initial
+    generator is the teacher's one-step distillation, so this is regression to the teacher)."""
 
     uses_ta = False
     name = "refl"
 
-    def __init__(self, reward: Callable, reg_weight: float = 0.0):
-        self.reward, self.reg_weight = reward, float(reg_weight)
+    def __init__(self, reward: Callable, reg_weight: float = 0.0, initial_generator=None):
+        self.reward, self.reg_weight, self.initial_generator = reward, float(reg_weight), initial_generator
 
-    def __call__(self, x0, cond, ref, ta, x0_init: Tensor | None = None):
+    def __call__(self, x0, cond, ref, ta, z=None):
         r = call_reward(self.reward, x0, cond)
         loss = -r.mean()
         logs = {"reward": float(r.mean())}
-        if self.reg_weight > 0 and x0_init is not None:
-            reg = ((x0 - x0_init.detach()) ** 2).reshape(x0.shape[0], -1).mean(1).mean()
+        if self.reg_weight > 0 and self.initial_generator is not None and z is not None:
+            with torch.no_grad():
+                target = self.initial_generator(z, cond)
+            reg = ((x0 - target) ** 2).reshape(x0.shape[0], -1).mean(1).mean()
             loss = loss + self.reg_weight * reg
             logs["reg"] = float(reg)
         return loss, logs

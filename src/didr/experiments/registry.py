@@ -1,0 +1,19 @@
+"""Experiments that ``didr train`` can run: name -> function(config, out_dir) -> metrics dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from didr.experiments.config import RunConfig
+
+
+def _toy(cfg: RunConfig, out_dir: Path) -> dict:
+    from didr.experiments.toy_run import train_toy
+
+    return train_toy(cfg, out_dir)
+
+
+EXPERIMENTS: dict[str, Callable[[RunConfig, Path], dict]] = {
+    "toy": _toy,
+}
