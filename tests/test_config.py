@@ -1,0 +1,60 @@
+"""The typed config loader: unknown fields, wrong types and ranges are refused by name."""
+
+import pytest
+
+from didr import config as cfgio
+from didr.errors import ConfigError
+from didr.experiments.config import RunConfig
+
+
+def test_defaults_and_yaml_roundtrip(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method:\n  name: dipp\n  alpha: 2\ntrain:\n  steps: 7\n")
+    cfg = cfgio.load(RunConfig, path)
+    assert cfg.method.name == "dipp" and cfg.method.alpha == 2.0 and isinstance(cfg.method.alpha, float)
+    assert cfg.train.steps == 7 and cfg.train.batch_size == RunConfig().train.batch_size
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    cfg = cfgio.load(RunConfig, None, ["train.steps=12", "toy.means=[-1, 1]", "method.t_max=0.3", "method.t_min=null"])
+    assert cfg.train.steps == 12 and cfg.toy.means == [-1.0, 1.0] and cfg.method.t_max == 0.3 and cfg.method.t_min is None
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["train.stepz=3"], "'train.stepz'"),
+        (["nonsense=1"], "'nonsense'"),
+        (["train.steps=abc"], "train.steps: expected an integer"),
+        (["train.steps=0"], "train.steps: must be >= 1"),
+        (["method.beta=0"], "method.beta: must be > 0"),
+        (["method.name=foo"], "unknown method 'foo'"),
+        (["method.drs=magic"], "unknown DRS estimator"),
+        (["toy.weights=[0.3, 0.3]"], "sum to 1"),
+        (["toy.stds=[0.5, -1]"], "stds must be > 0"),
+        (["toy.reward=banana"], "unknown reward 'banana'"),
+        (["train.progress=3"], "expected true or false"),
+        (["experiment=nope"], "unknown experiment 'nope'"),
+    ],
+)
+def test_bad_fields_are_named(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        cfgio.load(RunConfig, None, overrides)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        cfgio.load(RunConfig, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        cfgio.load(RunConfig, bad)
+
+
+def test_shipped_toy_config_loads():
+    from pathlib import Path
+
+    cfg = cfgio.load(RunConfig, Path(__file__).parents[1] / "configs" / "toy.yaml")
+    assert cfg.experiment == "toy" and cfg.method.name == "didr"
