@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from didr.config import require
+from didr.experiments.text_to_image import BackboneConfig
 from didr.experiments.toy import ToyConfig
 from didr.objectives.config import MethodConfig
 from didr.train.config import TrainConfig
@@ -25,6 +26,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # text-to-image experiments
 
     def validate(self, path: str = "") -> None:
         from didr.experiments.registry import EXPERIMENTS

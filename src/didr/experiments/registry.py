@@ -14,6 +14,13 @@ def _toy(cfg: RunConfig, out_dir: Path) -> dict:
     return train_toy(cfg, out_dir)
 
 
+def _text_to_image(cfg: RunConfig, out_dir: Path) -> dict:
+    from didr.experiments.text_to_image import run_text_to_image
+
+    return run_text_to_image(cfg, out_dir)
+
+
 EXPERIMENTS: dict[str, Callable[[RunConfig, Path], dict]] = {
     "toy": _toy,
+    "text-to-image": _text_to_image,
 }

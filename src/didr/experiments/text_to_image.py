@@ -116,6 +116,17 @@ def load_component(cls: Any, source: str, subfolder: str | None, what: str, **kw
         raise ModelLoadError(f"{what}: cannot load {cls.__name__} from {where!r} ({first})") from err
 
 
+class AnyScheduler:
+    """Loads whichever diffusers scheduler class the folder's config names."""
+
+    @classmethod
+    def from_pretrained(cls, source, subfolder=None, **kwargs):
+        import diffusers
+
+        config = diffusers.DDPMScheduler.load_config(source, subfolder=subfolder)
+        return getattr(diffusers, config["_class_name"]).from_config(config)
+
+
 def network_class(kind: str):
     from diffusers import UNet2DConditionModel, ZImageTransformer2DModel
 
@@ -134,12 +145,12 @@ class Pipeline:
 
 
 def load_pipeline(cfg: BackboneConfig, device: torch.device) -> Pipeline:
-    from diffusers import AutoencoderKL, SchedulerMixin
+    from diffusers import AutoencoderKL
 
     dtype, src = DTYPES[cfg.dtype], cfg.pretrained
     net = load_component(network_class(cfg.kind), src, cfg.network, f"backbone.pretrained ({cfg.kind} {cfg.network})", torch_dtype=dtype)
     vae = load_component(AutoencoderKL, src, "vae", "backbone.pretrained (vae)", torch_dtype=dtype)
-    scheduler = load_component(SchedulerMixin, src, "scheduler", "backbone.pretrained (scheduler)")
+    scheduler = load_component(AnyScheduler, src, "scheduler", "backbone.pretrained (scheduler)")
     encoder = load_text_encoder(cfg, device, dtype)
     for m in (net, vae):
         m.requires_grad_(False).eval().to(device)
@@ -150,7 +161,7 @@ def load_text_encoder(cfg: BackboneConfig, device: torch.device, dtype: torch.dt
     from transformers import AutoModel, AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     def load(cls, sub):
-        return load_component(cls, cfg.pretrained, sub, f"backbone.pretrained ({sub})", **({} if "token" in sub else {"torch_dtype": dtype}))
+        return load_component(cls, cfg.pretrained, sub, f"backbone.pretrained ({sub})", **({} if "token" in sub else {"dtype": dtype}))
 
     if cfg.kind == "zimage":
         return QwenTextEncoder(load(AutoTokenizer, "tokenizer"), load(AutoModel, "text_encoder").eval().to(device), cfg.max_sequence_length)
@@ -178,7 +189,7 @@ def load_generator_net(cfg: BackboneConfig, reference_net: nn.Module, device: to
             raise ModelLoadError(f"backbone.generator_weights: {path} does not exist (expected a state-dict file, e.g. dmd2_sdxl_1step_unet_fp16.bin)")
         state = {k: v.float() for k, v in load_state_dict(path, "backbone.generator_weights").items()}
         load_strict(net, state, "backbone.generator_weights", path)
-    return net.to(device).train()
+    return net.requires_grad_(True).to(device).train()
 
 
 # ---------------------------------------------------------------- start-up checks
@@ -244,14 +255,11 @@ def build_prompts(cfg: BackboneConfig, pipe: Pipeline, cache_dir: Path) -> Promp
         raise ConfigError("backbone.prompts: give a prompt file (.txt or .jsonl) or backbone.prompt_list")
     rows = encode_cached(pipe.encoder, pipe.encoder_id, prompts, cache_dir)
     null = encode_cached(pipe.encoder, pipe.encoder_id, [cfg.negative_prompt], cache_dir)[0]
-    if cfg.kind == "sdxl" and not cfg.negative_prompt and pipe_force_zeros(pipe):
-        null = {k: torch.zeros_like(v) for k, v in null.items()}  # SDXL's force_zeros_for_empty_prompt
+    if cfg.kind == "sdxl" and not cfg.negative_prompt:
+        # StableDiffusionXLPipeline's force_zeros_for_empty_prompt, set in every released SDXL
+        null = {k: torch.zeros_like(v) for k, v in null.items()}
     shared = {"time_ids": sdxl_time_ids(cfg.resolution, cfg.resolution)} if cfg.kind == "sdxl" else {}
     return PromptSet(prompts, rows, null, shared)
-
-
-def pipe_force_zeros(pipe: Pipeline) -> bool:
-    return True  # StableDiffusionXLPipeline's default, and every released SDXL's model_index.json
 
 
 @dataclass
