@@ -5,7 +5,7 @@
   ``UNet2DConditionModel.from_pretrained(OUT/export/unet)``, or put it into the base pipeline;
 - ``lora/``: the LoRA weights alone, when the generator was trained with LoRA
   (``pipe.load_lora_weights(OUT/export/lora)``);
-- ``generator.json``: how to sample it: the generator's times, and the same as diffusers timesteps
+- ``sampling.json``: how to sample it: the generator's times, and the same as diffusers timesteps
   (SDXL: ``LCMScheduler`` with ``timesteps=[399]`` for DMD2) or sigmas (Z-Image:
   ``ZImagePipeline(..., sigmas=...)``, which applies the scheduler's shift to them).
 """
@@ -36,14 +36,14 @@ def sampling_info(t2i, times: list[float]) -> dict:
 
 
 def export_generator(t2i, generator: nn.Module, out: Path) -> Path:
-    """Write the network folder, the LoRA weights (if any) and ``generator.json`` under ``out``."""
+    """Write the network folder, the LoRA weights (if any) and ``sampling.json`` under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     net = generator.denoiser.net
     merged_copy(net).float().save_pretrained(out / t2i.cfg.network)
     if has_lora(net) and t2i.cfg.export_lora:
         save_lora(t2i.cfg.kind, lora_state_dict(net, "generator"), out / "lora")
-    (out / "generator.json").write_text(json.dumps(sampling_info(t2i, list(generator.times)), indent=2))
+    (out / "sampling.json").write_text(json.dumps(sampling_info(t2i, list(generator.times)), indent=2))
     return out
 
 

@@ -1,0 +1,169 @@
+"""The diffusers adapters against the backbones' own schedulers and pipelines' conventions: the
+denoised estimate (M2) and one sampler step agree on the same inputs."""
+
+import pytest
+import torch
+
+from didr.diffusion.samplers import ddim_step, flow_euler_sample, flow_euler_step
+from didr.diffusion.schedules import FlowMatchingSchedule, VPDiscreteSchedule
+from didr.models.diffusers_backbones import SharedDenoiser, VaeDecoder, make_denoiser, schedule_from_scheduler
+from didr.models.generators import StepGenerator, generator_times
+from didr.models.lora import add_lora
+from didr.models import tiny
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def unet_cond(b, gen):
+    return {
+        "encoder_hidden_states": torch.randn(b, 7, 64, generator=gen),
+        "text_embeds": torch.randn(b, 32, generator=gen),
+        "time_ids": torch.tensor([[16.0, 16, 0, 0, 16, 16]]).expand(b, 6),
+    }
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_unet_matches_ddim_scheduler(prediction):
+    """x0_hat and one DDIM step equal DDIMScheduler.step on the UNet's own output."""
+    torch.manual_seed(0)
+    unet = tiny.tiny_sdxl_unet().eval()
+    sched = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction, set_alpha_to_one=True, clip_sample=False)
+    sched.set_timesteps(10)
+    n, prev = int(sched.timesteps[5]), int(sched.timesteps[6])
+    gen = torch.Generator().manual_seed(1)
+    x, cond = torch.randn(2, 4, 8, 8, generator=gen), unet_cond(2, gen)
+    with torch.no_grad():
+        out = unet(x, n, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs={k: cond[k] for k in ("text_embeds", "time_ids")}).sample
+        ref = sched.step(out, n, x)
+        den = make_denoiser(unet, schedule_from_scheduler(sched, "unet"), "unet", prediction)
+        t, t_next = den.schedule.t_from_timestep(n), den.schedule.t_from_timestep(prev)
+        x_next, x0 = ddim_step(den, x, t, t_next, cond)
+    torch.testing.assert_close(x0, ref.pred_original_sample, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x_next, ref.prev_sample, rtol=1e-4, atol=1e-4)
+
+
+def test_zimage_matches_pipeline_convention_and_euler_scheduler():
+    """The transformer fed (1000 - timestep) / 1000, its output negated, then FlowMatchEuler's step
+    (pipeline_z_image.py) equals our flow Euler step with the ZImageDenoiser."""
+    torch.manual_seed(0)
+    net = tiny.tiny_zimage_transformer().eval()
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(sigmas=[1.0, 0.75, 0.5, 0.25])
+    i = 1
+    timestep, sigma, sigma_next = sched.timesteps[i], sched.sigmas[i], sched.sigmas[i + 1]
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 16, 8, 8, generator=gen)
+    caps = [torch.randn(5, 32, generator=gen), torch.randn(3, 32, generator=gen)]
+    with torch.no_grad():
+        out = net(list(x.unsqueeze(2).unbind(0)), ((1000 - timestep) / 1000).expand(2), caps, return_dict=False)[0]
+        velocity = -torch.stack(out).squeeze(2)
+        sched.set_begin_index(i)
+        expected = sched.step(velocity, timestep, x).prev_sample
+        den = make_denoiser(net, schedule_from_scheduler(sched, "zimage"), "zimage")
+        x0 = den(x, sigma.expand(2), {"cap_feats": caps})
+        got = flow_euler_step(den, x, sigma, sigma_next, {"cap_feats": caps})
+    torch.testing.assert_close(x0, x - sigma * velocity, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert den.schedule.shift == 3.0
+
+
+def test_sd3_matches_euler_scheduler():
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    net = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+                                joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=16).eval()
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(4)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    cond = {"encoder_hidden_states": torch.randn(2, 6, 32, generator=gen), "pooled_projections": torch.randn(2, 32, generator=gen)}
+    with torch.no_grad():
+        out = net(hidden_states=x, timestep=sched.timesteps[0].expand(2), encoder_hidden_states=cond["encoder_hidden_states"],
+                  pooled_projections=cond["pooled_projections"]).sample
+        expected = sched.step(out, sched.timesteps[0], x).prev_sample
+        den = make_denoiser(net, schedule_from_scheduler(sched, "sd3"), "sd3")
+        got = flow_euler_step(den, x, sched.sigmas[0], sched.sigmas[1], cond)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_flux_packing_matches_pipeline():
+    """The Flux adapter's token packing and ids are FluxPipeline's own (_pack_latents, _prepare_latent_image_ids)."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    net = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                 joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 6, 6]).eval()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    cond = {"encoder_hidden_states": torch.randn(2, 6, 32, generator=gen), "pooled_projections": torch.randn(2, 32, generator=gen)}
+    t = torch.tensor([0.7, 0.7])
+    with torch.no_grad():
+        tokens = FluxPipeline._pack_latents(x, 2, 4, 8, 8)
+        ids = FluxPipeline._prepare_latent_image_ids(2, 4, 4, x.device, x.dtype)
+        out = net(hidden_states=tokens, timestep=t, guidance=None, pooled_projections=cond["pooled_projections"],
+                  encoder_hidden_states=cond["encoder_hidden_states"], txt_ids=torch.zeros(6, 3), img_ids=ids).sample
+        velocity = FluxPipeline._unpack_latents(out, 8, 8, 1)  # 8x8 latents, "pixels" at scale factor 1
+        den = make_denoiser(net, FlowMatchingSchedule(), "flux")
+        x0 = den(x, t, cond)
+    torch.testing.assert_close(x0, x - 0.7 * velocity, rtol=1e-4, atol=1e-4)
+
+
+def test_generator_steps_are_the_backbone_sampler():
+    """A 1-step generator is D(z, t_gen); a 4-step one is flow Euler on ZImagePipeline's 4-step sigmas."""
+    torch.manual_seed(0)
+    net = tiny.tiny_zimage_transformer().eval()
+    schedule = FlowMatchingSchedule(shift=3.0)
+    den = make_denoiser(net, schedule, "zimage")
+    times = generator_times(schedule, 1.0, 4)
+    assert times == pytest.approx([1.0, 0.9, 0.75, 0.5])  # shift 3 applied to linspace(1, 1/4, 4)
+    z, cond = torch.randn(2, 16, 8, 8), {"cap_feats": [torch.randn(4, 32)] * 2}
+    with torch.no_grad():
+        torch.testing.assert_close(StepGenerator(den, times)(z, cond), flow_euler_sample(den, z, times + [0.0], cond))
+        torch.testing.assert_close(StepGenerator(den, [1.0])(z, cond), den(z, torch.ones(2), cond))
+    with pytest.raises(Exception, match="decreasing"):
+        StepGenerator(den, [0.5, 0.9])
+
+
+def test_lora_ta_shares_the_frozen_reference():
+    """With the TA's adapter nonzero, the shared reference still equals the plain network, the TA
+    does not, and the reference's input gradient is the same with checkpointing on."""
+    torch.manual_seed(0)
+    net = tiny.tiny_sdxl_unet()
+    plain = make_denoiser(__import__("copy").deepcopy(net).eval(), VPDiscreteSchedule(), "unet")
+    add_lora(net, 4, "ta")
+    for name, p in net.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    ta = make_denoiser(net, VPDiscreteSchedule(), "unet")
+    ref = SharedDenoiser(ta)
+    ref.requires_grad_(False)  # what the training loop does to the reference
+    assert all(p.requires_grad for n, p in net.named_parameters() if "lora_" in n)
+    gen = torch.Generator().manual_seed(5)
+    x, cond, t = torch.randn(2, 4, 8, 8, generator=gen), unet_cond(2, gen), torch.tensor([0.3, 0.6])
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x, t, cond), plain(x, t, cond), rtol=1e-5, atol=1e-5)
+        assert (ta(x, t, cond) - plain(x, t, cond)).abs().max() > 1e-3
+    grads = []
+    for ckpt in (False, True):
+        net.disable_gradient_checkpointing() if not ckpt else net.enable_gradient_checkpointing()
+        xx = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(ref(xx, t, cond).square().sum(), xx)
+        grads.append(g)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+def test_vae_decode_memory_options_keep_values_and_gradients():
+    torch.manual_seed(0)
+    vae = tiny.tiny_vae(4).eval().requires_grad_(False)
+    z = torch.randn(3, 4, 8, 8)
+    outs = []
+    for dec in (VaeDecoder(vae), VaeDecoder(vae, micro_batch=1, checkpoint=True)):
+        zz = z.clone().requires_grad_(True)
+        img = dec(zz)
+        (g,) = torch.autograd.grad(img.sum(), zz)
+        outs.append((img.detach(), g))
+    assert outs[0][0].shape == (3, 3, 16, 16)
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-5)
+    assert VaeDecoder(vae, downscale=2)(z).shape == (3, 3, 8, 8)
