@@ -22,6 +22,11 @@ from torch import Tensor, nn
 from didr.errors import RewardError
 
 
+class NonFiniteRewardError(RewardError):
+    """A reward returned NaN or inf for some input: the training loop skips the step and counts it
+    (a wrong type or shape, by contrast, is a programming error and stops the run)."""
+
+
 class Reward(nn.Module):
     """Base class for rewards with metadata. Subclasses implement ``forward(images, prompts)``."""
 
@@ -63,7 +68,7 @@ def call_reward(reward: Callable, images: Tensor, prompts: Any = None) -> Tensor
         raise RewardError(f"reward {name!r} returned shape {tuple(out.shape)}, expected ({images.shape[0]},)")
     if not torch.isfinite(out).all():
         bad = int((~torch.isfinite(out)).sum())
-        raise RewardError(f"reward {name!r} returned {bad} non-finite value(s) (NaN or inf) in a batch of {images.shape[0]}")
+        raise NonFiniteRewardError(f"reward {name!r} returned {bad} non-finite value(s) (NaN or inf) in a batch of {images.shape[0]}")
     return out
 
 

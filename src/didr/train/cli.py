@@ -1,14 +1,28 @@
-"""``didr train CONFIG.yaml --out DIR [--set section.field=value ...]``: run any experiment."""
+"""``didr train CONFIG.yaml --out DIR [--set section.field=value ...] [--resume]``: run any experiment.
+
+    didr train configs/toy.yaml --out runs/toy
+    didr train configs/toy.yaml --out runs/toy --resume --set train.steps=1200   # continue, longer
+    torchrun --standalone --nproc_per_node 2 -m didr train configs/toy.yaml --out runs/toy2
+
+Writes ``DIR/config.yaml``, ``DIR/train.log`` (with the number of processes in effect),
+``DIR/metrics.jsonl``, checkpoints under ``DIR/checkpoints/`` and the final generator as
+``DIR/export/generator.safetensors``. The config is validated, and with ``--resume`` checked
+against the latest good checkpoint, before anything is written. SIGTERM / SIGINT save a
+checkpoint and exit with status 128 + the signal's number.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import yaml
 
 from didr import config as cfgio
+from didr.errors import CheckpointError, ConfigError
 
 
 def load_run_config(path: str | None, overrides: list[str]):
@@ -17,21 +31,77 @@ def load_run_config(path: str | None, overrides: list[str]):
     return cfgio.load(RunConfig, path, overrides)
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"train": {"steps": 1}} -> {"train.steps": 1}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_run_resumable(saved: dict, current: dict, where: Path) -> None:
+    """Refuse to resume a run under another configuration (another backbone, another method);
+    only the fields of RESUMABLE_CHANGES in the train section may change."""
+    from didr.train.config import RESUMABLE_CHANGES
+
+    allowed = {f"train.{f}" for f in RESUMABLE_CHANGES}
+    old, new = flatten(saved), flatten(current)
+    for key in sorted(set(old) | set(new)):
+        if key not in allowed and old.get(key) != new.get(key):
+            raise CheckpointError(
+                f"cannot resume from {where}: {key} changed ({old.get(key)!r} -> {new.get(key)!r}); "
+                f"only {', '.join(sorted(allowed))} may change"
+            )
+
+
+def check_resume(out: Path, cfg) -> None:
+    """Compare the config with the latest good checkpoint's (bad ones are skipped with a warning)."""
+    from didr.train.checkpoint import latest_state
+
+    found = latest_state(out / "checkpoints")
+    if found is None:
+        return
+    path, state = found
+    saved = state.get("config", {}).get("run")
+    if saved is not None:
+        check_run_resumable(saved, cfgio.to_dict(cfg), path)
+
+
+def is_main_process() -> bool:
+    """The main process of a torchrun / accelerate launch (the only one that writes)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run(args: argparse.Namespace) -> int:
     from didr.experiments.registry import EXPERIMENTS
+    from didr.train.checkpoint import atomic_write_text
+    from didr.train.loop import Interrupted
 
     cfg = load_run_config(args.config, args.set or [])  # validated before anything is written
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfgio.to_dict(cfg), sort_keys=False))
-    metrics = EXPERIMENTS[cfg.experiment](cfg, out)
-    print(json.dumps(metrics, indent=2))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    cfg.train.resume = cfg.train.resume or args.resume
+    if cfg.train.resume:
+        check_resume(out, cfg)
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(yaml.safe_dump(cfgio.to_dict(cfg), sort_keys=False), out / "config.yaml")
+    try:
+        metrics = EXPERIMENTS[cfg.experiment](cfg, out)
+    except Interrupted as stop:
+        print(f"didr train: {stop}", file=sys.stderr)
+        return 128 + int(stop.signum)
+    if is_main_process():
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a generator from a YAML config", description=__doc__)
+    p = sub.add_parser("train", help="train a generator from a YAML config", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML run config (see configs/)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. train.steps=200 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest good checkpoint under OUT/checkpoints/")
     p.set_defaults(func=run)
