@@ -210,13 +210,13 @@ def check_compatible(cfg: BackboneConfig, pipe: Pipeline, gen_net: nn.Module, ro
         return
     width = rows[0]["encoder_hidden_states"].shape[-1]
     for name, c in (("reference", ref_cfg), ("generator", gen_cfg)):
-        if c.cross_attention_dim != width:
-            raise ConfigError(f"backbone: the {name} UNet's cross_attention_dim is {c.cross_attention_dim}, the text encoders give {width}")
         has_tt = c.addition_embed_type == "text_time"
         if cfg.kind == "sdxl" and not has_tt:
             raise ConfigError(f"backbone.kind: sdxl needs a UNet with text_time added conditions; the {name} UNet has addition_embed_type={c.addition_embed_type!r} (use kind: sd)")
         if cfg.kind == "sd" and has_tt:
             raise ConfigError(f"backbone.kind: the {name} UNet expects SDXL's text_time conditions; use kind: sdxl")
+        if c.cross_attention_dim != width:
+            raise ConfigError(f"backbone: the {name} UNet's cross_attention_dim is {c.cross_attention_dim}, the text encoders give {width}")
         if has_tt:
             want = 6 * c.addition_time_embed_dim + rows[0]["text_embeds"].shape[-1]
             if c.projection_class_embeddings_input_dim != want:

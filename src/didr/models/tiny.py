@@ -19,6 +19,11 @@ from pathlib import Path
 import torch
 
 TEXT_WIDTH = 32
+#: Qwen's chat format, without its tool and thinking branches
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _byte_chars() -> list[str]:
@@ -112,8 +117,10 @@ def save_tiny_zimage(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     text = Qwen3Model(Qwen3Config(vocab_size=1000, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                   num_key_value_heads=2, head_dim=16))
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "_tok")
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE  # ZImagePipeline wraps every prompt in it
     pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(16, flow=True), text_encoder=text,
-                          tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok"), transformer=tiny_zimage_transformer())
+                          tokenizer=tokenizer, transformer=tiny_zimage_transformer())
     pipe.save_pretrained(folder)
     shutil.rmtree(folder / "_tok")
     return folder

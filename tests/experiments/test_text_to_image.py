@@ -1,0 +1,145 @@
+"""End to end on tiny random pipelines: `didr train` runs DIDR steps, the export loads in stock
+diffusers and its pipelines sample from it, and mismatches stop the run before any step."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from didr.cli import main
+from didr.errors import ConfigError, ModelLoadError
+
+diffusers = pytest.importorskip("diffusers")
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture(scope="module")
+def sdxl_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sdxl")
+    assert main(["train", str(CONFIGS / "tiny-sdxl.yaml"), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def zimage_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zimage")
+    assert main(["train", str(CONFIGS / "tiny-zimage.yaml"), "--out", str(out), "--set", "backbone.generator_steps=2"]) == 0
+    return out
+
+
+def rebuilt_generator(run: Path, kind: str):
+    """The exported network under our own adapter and the exported times."""
+    from didr.experiments.text_to_image import AnyScheduler, network_class
+    from didr.models.diffusers_backbones import make_denoiser, schedule_from_scheduler
+    from didr.models.generators import StepGenerator
+
+    info = json.loads((run / "export" / "sampling.json").read_text())
+    net = network_class(kind).from_pretrained(run / "export" / info["network"]).eval()
+    sched = AnyScheduler.from_pretrained(str(run / "tiny" / kind), subfolder="scheduler")
+    family = "unet" if info["network"] == "unet" else kind
+    return StepGenerator(make_denoiser(net, schedule_from_scheduler(sched, family), family), info["times"]), info
+
+
+def test_tiny_sdxl_trains_and_stock_pipeline_samples_the_export(sdxl_run):
+    from diffusers import LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    metrics = [json.loads(line) for line in (sdxl_run / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["generator_loss"])) for m in metrics)
+    assert "drs_norm" in metrics[-1]
+    unet = UNet2DConditionModel.from_pretrained(sdxl_run / "export" / "unet")
+    assert not any("lora" in k for k in unet.state_dict())  # the LoRA is fused into a plain UNet
+    assert (sdxl_run / "export" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_run / "tiny" / "sdxl", unet=unet)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # DMD2's sampler: one step at timestep 399
+    gen, info = rebuilt_generator(sdxl_run, "sdxl")
+    assert info["timesteps"] == [399]
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    latents = pipe("a photo of a cat", num_inference_steps=1, timesteps=info["timesteps"], guidance_scale=0.0, latents=z.clone(),
+                   height=16, width=16, output_type="latent").images
+    from didr.models.text import ClipTextEncoder, sdxl_time_ids
+
+    row = ClipTextEncoder([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2])(["a photo of a cat"])[0]
+    cond = {k: v[None] for k, v in row.items()} | {"time_ids": sdxl_time_ids(16, 16)[None]}
+    with torch.no_grad():
+        ours = gen(z, cond)
+    torch.testing.assert_close(latents, ours, rtol=1e-3, atol=1e-3)  # LCM's c_skip at 399 is ~1e-8
+    image = pipe("a photo of a cat", num_inference_steps=1, timesteps=[399], guidance_scale=0.0, height=16, width=16, output_type="pt").images
+    assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
+
+
+def test_tiny_zimage_trains_and_stock_pipeline_samples_the_export(zimage_run):
+    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+
+    transformer = ZImageTransformer2DModel.from_pretrained(zimage_run / "export" / "transformer")
+    pipe = ZImagePipeline.from_pretrained(zimage_run / "tiny" / "zimage", transformer=transformer)
+    gen, info = rebuilt_generator(zimage_run, "zimage")
+    assert len(info["times"]) == 2 and info["sigmas"][0] == pytest.approx(1.0)
+    z = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    caps = pipe.encode_prompt("a photo of a cat", do_classifier_free_guidance=False, max_sequence_length=32)[0]
+    latents = pipe(prompt_embeds=caps, sigmas=info["sigmas"], num_inference_steps=len(info["sigmas"]), guidance_scale=0.0, latents=z.clone(),
+                   height=16, width=16, output_type="latent").images
+    with torch.no_grad():
+        ours = gen(z, {"cap_feats": caps})
+    torch.testing.assert_close(latents, ours, rtol=1e-3, atol=1e-3)
+    image = pipe(prompt_embeds=caps, sigmas=info["sigmas"], num_inference_steps=2, guidance_scale=0.0, height=16, width=16, output_type="pt").images
+    assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
+
+
+def test_didr_sample_writes_images(sdxl_run, tmp_path):
+    assert main(["sample", str(sdxl_run), "--prompt", "a cat", "--prompt", "a dog", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["00000.png", "00001.png"]
+
+
+def test_text_embeddings_are_cached(sdxl_run):
+    assert len(list((sdxl_run / "text_cache").glob("*.safetensors"))) == 2  # the prompts and the negative prompt
+
+
+def run_config(base: str, tmp_path: Path, **backbone) -> Path:
+    data = yaml.safe_load((CONFIGS / base).read_text())
+    data["backbone"].update(backbone)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start(config: Path, out: Path):
+    from didr import config as cfgio
+    from didr.experiments.config import RunConfig
+    from didr.experiments.text_to_image import build
+
+    return build(cfgio.load(RunConfig, config).backbone, out)
+
+
+def test_missing_weights_name_what_was_expected(tmp_path, sdxl_run):
+    cfg = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=str(tmp_path / "nowhere"))
+    with pytest.raises(ModelLoadError, match=r"nowhere/unet does not exist \(expected a diffusers unet folder\)"):
+        start(cfg, tmp_path / "out")
+    cfg = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=str(sdxl_run / "tiny" / "sdxl"), generator_weights=str(tmp_path / "dmd2.bin"))
+    with pytest.raises(ModelLoadError, match="generator_weights.*dmd2.bin does not exist.*state-dict file"):
+        start(cfg, tmp_path / "out")
+    cfg = run_config("tiny-zimage.yaml", tmp_path, tiny=False, pretrained="nobody/no-such-model")
+    with pytest.raises(ModelLoadError, match="nobody/no-such-model"):
+        start(cfg, tmp_path / "out")
+
+
+def test_backbone_mismatches_stop_before_training(tmp_path, sdxl_run):
+    from diffusers import UNet2DConditionModel
+
+    from didr.models.tiny import tiny_sdxl_unet
+
+    src = str(sdxl_run / "tiny" / "sdxl")
+    with pytest.raises(ConfigError, match="expects SDXL's text_time conditions; use kind: sdxl"):
+        start(run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src, kind="sd"), tmp_path / "out")
+    wide = UNet2DConditionModel(**{**tiny_sdxl_unet().config, "in_channels": 8})
+    wide.save_pretrained(tmp_path / "wide")
+    with pytest.raises(ConfigError, match="generator unet takes 8 latent channels but the VAE makes 4"):
+        start(run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src, generator=str(tmp_path / "wide")), tmp_path / "out")
+    plain = UNet2DConditionModel(**{**tiny_sdxl_unet().config, "addition_embed_type": None})
+    plain.save_pretrained(tmp_path / "plain")
+    out = tmp_path / "run"
+    cfg = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src, generator=str(tmp_path / "plain"))
+    assert main(["train", str(cfg), "--out", str(out)]) == 2
+    assert not (out / "metrics.jsonl").exists()
