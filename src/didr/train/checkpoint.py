@@ -276,6 +276,17 @@ def load_latest(root: Path, rank: int = 0) -> Checkpoint | None:
     return None
 
 
+def require_usable(root: Path) -> None:
+    """Raise if ``root`` holds checkpoints but none of them is usable: resuming must not quietly
+    start over (and, by pruning, delete the damaged ones)."""
+    found = list_checkpoints(root)
+    if found:
+        raise CheckpointError(
+            f"cannot resume: none of the {len(found)} checkpoint(s) under {root} is readable (see the warnings above); "
+            "move them away to start from scratch"
+        )
+
+
 # --- export ------------------------------------------------------------------------------------
 
 

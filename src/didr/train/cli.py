@@ -57,10 +57,11 @@ def check_run_resumable(saved: dict, current: dict, where: Path) -> None:
 
 def check_resume(out: Path, cfg) -> None:
     """Compare the config with the latest good checkpoint's (bad ones are skipped with a warning)."""
-    from didr.train.checkpoint import latest_state
+    from didr.train.checkpoint import latest_state, require_usable
 
     found = latest_state(out / "checkpoints")
     if found is None:
+        require_usable(out / "checkpoints")
         return
     path, state = found
     saved = state.get("config", {}).get("run")

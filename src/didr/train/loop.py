@@ -397,7 +397,8 @@ class Trainer:
     def _resume(self) -> None:
         found = ckpt.load_latest(self.checkpoint_dir, self.rank)
         if found is None:
-            self.log_line(f"resume: no usable checkpoint under {self.checkpoint_dir}; starting from step 0")
+            ckpt.require_usable(self.checkpoint_dir)  # some exist, none loads: refuse rather than start over
+            self.log_line(f"resume: no checkpoint under {self.checkpoint_dir} yet; starting from step 0")
             return
         check_resumable(found.state.get("config", {}).get("train", {}), dataclasses.asdict(self.cfg), found.path)
         self._load_models(found)
