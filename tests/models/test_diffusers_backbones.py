@@ -164,6 +164,7 @@ def test_vae_decode_memory_options_keep_values_and_gradients():
         (g,) = torch.autograd.grad(img.sum(), zz)
         outs.append((img.detach(), g))
     assert outs[0][0].shape == (3, 3, 16, 16)
+    assert vae.is_gradient_checkpointing  # block by block, diffusers' own checkpointing
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-5)
     assert VaeDecoder(vae, downscale=2)(z).shape == (3, 3, 8, 8)

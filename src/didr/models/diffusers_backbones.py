@@ -235,8 +235,9 @@ class VaeDecoder(nn.Module):
     """Differentiable latent -> image decode, images in [-1, 1].
 
     ``latents / scaling_factor + shift_factor`` undoes the pipelines' latent normalisation. Memory
-    bounds: ``micro_batch`` decodes that many latents at a time; ``checkpoint`` recomputes each
-    micro-batch's decoder activations in the backward pass instead of storing them;
+    bounds: ``micro_batch`` decodes that many latents at a time; ``checkpoint`` recomputes the
+    decoder's activations in the backward pass, block by block where the VAE supports diffusers'
+    gradient checkpointing (the peak is then one block's, not the whole decode's), else per micro-batch;
     ``downscale`` > 1 decodes latents bilinearly shrunk by that factor (smaller images, for
     rewards that resize to 224 px anyway).
     """
@@ -244,6 +245,9 @@ class VaeDecoder(nn.Module):
     def __init__(self, vae: nn.Module, micro_batch: int = 0, checkpoint: bool = False, downscale: float = 1.0):
         super().__init__()
         self.vae, self.micro_batch, self.checkpoint, self.downscale = vae, micro_batch, checkpoint, downscale
+        self.per_block = checkpoint and getattr(vae, "_supports_gradient_checkpointing", False)
+        if self.per_block:
+            vae.enable_gradient_checkpointing()
         self.scaling = float(vae.config.scaling_factor)
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
@@ -258,7 +262,7 @@ class VaeDecoder(nn.Module):
         step = self.micro_batch or latents.shape[0]
         out = []
         for chunk in latents.split(step):
-            if self.checkpoint and torch.is_grad_enabled():
+            if self.checkpoint and not self.per_block and torch.is_grad_enabled():
                 out.append(grad_checkpoint(self._decode, chunk, use_reentrant=False))
             else:
                 out.append(self._decode(chunk))
