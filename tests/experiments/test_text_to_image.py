@@ -143,3 +143,15 @@ def test_backbone_mismatches_stop_before_training(tmp_path, sdxl_run):
     cfg = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src, generator=str(tmp_path / "plain"))
     assert main(["train", str(cfg), "--out", str(out)]) == 2
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_bf16_storage_and_autocast_with_lora_generator(tmp_path):
+    """bf16 frozen weights and bf16 autocast, LoRA on the generator and the TA: the run trains and
+    exports a float32 transformer that stock diffusers loads."""
+    from diffusers import ZImageTransformer2DModel
+
+    sets = ["backbone.dtype=bfloat16", "backbone.autocast=bf16", "backbone.generator_lora_rank=4", "train.steps=1"]
+    assert main(["train", str(CONFIGS / "tiny-zimage.yaml"), "--out", str(tmp_path)] + [a for s in sets for a in ("--set", s)]) == 0
+    net = ZImageTransformer2DModel.from_pretrained(tmp_path / "export" / "transformer")
+    assert next(net.parameters()).dtype == torch.float32
+    assert (tmp_path / "export" / "lora" / "pytorch_lora_weights.safetensors").is_file()

@@ -176,18 +176,20 @@ def load_generator_net(cfg: BackboneConfig, reference_net: nn.Module, device: to
     """The generator's network: a distilled folder / hub id, else a copy of the reference; then a state-dict file if given."""
     from didr.rewards.loading import load_state_dict, load_strict
 
+    # a LoRA generator keeps its frozen base in the storage dtype; full fine-tuning trains fp32 weights
+    dtype = DTYPES[cfg.dtype] if cfg.generator_lora_rank else torch.float32
     if cfg.generator:
         sub = cfg.generator_subfolder
         if sub is None and Path(cfg.generator, cfg.network).is_dir():
             sub = cfg.network
-        net = load_component(network_class(cfg.kind), cfg.generator, sub, f"backbone.generator ({cfg.kind} {cfg.network})", torch_dtype=torch.float32)
+        net = load_component(network_class(cfg.kind), cfg.generator, sub, f"backbone.generator ({cfg.kind} {cfg.network})", torch_dtype=dtype)
     else:
-        net = copy.deepcopy(reference_net).float()
+        net = copy.deepcopy(reference_net).to(dtype)
     if cfg.generator_weights:
         path = Path(cfg.generator_weights).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"backbone.generator_weights: {path} does not exist (expected a state-dict file, e.g. dmd2_sdxl_1step_unet_fp16.bin)")
-        state = {k: v.float() for k, v in load_state_dict(path, "backbone.generator_weights").items()}
+        state = {k: v.to(dtype) for k, v in load_state_dict(path, "backbone.generator_weights").items()}
         load_strict(net, state, "backbone.generator_weights", path)
     return net.requires_grad_(True).to(device).train()
 

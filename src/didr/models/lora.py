@@ -22,7 +22,10 @@ def add_lora(net: nn.Module, rank: int, name: str, targets: list[str] | None = N
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets or DEFAULT_TARGETS), init_lora_weights=True)
     net.add_adapter(config, adapter_name=name)
     for pname, p in net.named_parameters():
-        p.requires_grad_("lora_" in pname and f".{name}." in pname)
+        trainable = "lora_" in pname and f".{name}." in pname
+        if trainable:
+            p.data = p.data.float()  # adapters train in fp32 on a bf16 / fp16 base
+        p.requires_grad_(trainable)
     return net
 
 
