@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     from didr.experiments.toy_run import run_toy
 
     cfg = build_config(args)  # every field checked before anything is written
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise ConfigError("--methods: name at least one method")
@@ -103,4 +107,5 @@ def register(sub) -> None:
     p.add_argument("--sweep-alpha", help="DI++ endpoint weights for the sweep (default 0.5,1,2,4)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest when other work shares the cores)")
     p.set_defaults(func=run)

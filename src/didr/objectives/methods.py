@@ -110,7 +110,7 @@ class DIPlusPlus(ScoreDistillation):
     def __call__(self, x0, cond, ref, ta, z=None):
         loss, logs = super().__call__(x0, cond, ref, ta, z)
         r = call_reward(self.reward, x0, cond)
-        return loss - self.alpha * r.mean(), {**logs, "reward": float(r.mean())}
+        return loss - self.alpha * r.mean(), {**logs, "reward": float(r.mean().detach())}
 
 
 class DIDR(ScoreDistillation):
@@ -151,11 +151,11 @@ class ReFL(Objective):
     def __call__(self, x0, cond, ref, ta, z=None):
         r = call_reward(self.reward, x0, cond)
         loss = -r.mean()
-        logs = {"reward": float(r.mean())}
+        logs = {"reward": float(r.mean().detach())}
         if self.reg_weight > 0 and self.initial_generator is not None and z is not None:
             with torch.no_grad():
                 target = self.initial_generator(z, cond)
             reg = ((x0 - target) ** 2).reshape(x0.shape[0], -1).mean(1).mean()
             loss = loss + self.reg_weight * reg
-            logs["reg"] = float(reg)
+            logs["reg"] = float(reg.detach())
         return loss, logs
