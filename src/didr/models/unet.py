@@ -1,0 +1,119 @@
+"""A small class-conditional UNet behind the Denoiser interface (M2), for 8x8 and 28x28 digits.
+
+Same preconditioning as :class:`didr.models.mlp.MLPDenoiser` (EDM, Karras et al. 2022, Table 1,
+for x_t = a x_0 + s eps), so every noise level trains at unit scale and DSM converges in a few
+thousand steps on a CPU. The data enter through their own convolution and the noise level and
+class through a separate embedding that modulates every block (scale and shift after the second
+normalisation), so neither input drowns the other.
+
+``patch`` > 1 folds patch x patch pixels into channels first (a strided convolution, undone by a
+transposed one at the output): a 28x28 image then runs at 14x14 and 7x7, four times cheaper.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from didr.diffusion.schedules import NoiseSchedule, broadcast_to
+from didr.models.denoiser import Denoiser, per_sample_time
+from didr.models.mlp import FourierEmbedding
+
+
+def _norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, c), c)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, the embedding as a per-channel scale and shift in between."""
+
+    def __init__(self, c_in: int, c_out: int, d_emb: int):
+        super().__init__()
+        self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(d_emb, 2 * c_out)
+        self.norm2, self.conv2 = _norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.conv2(F.silu(self.norm2(h) * (1 + scale) + shift))
+        return self.skip(x) + h
+
+
+class SmallUNet(nn.Module):
+    """Two resolutions (full and half, after the optional patch folding), one block each, a
+    middle block and one up block with a skip connection."""
+
+    def __init__(self, channels: tuple[int, int] = (32, 64), d_emb: int = 128, patch: int = 1, in_ch: int = 1):
+        super().__init__()
+        c0, c1 = channels
+        self.stem = nn.Conv2d(in_ch, c0, patch, stride=patch) if patch > 1 else nn.Conv2d(in_ch, c0, 3, padding=1)
+        self.down0 = ResBlock(c0, c0, d_emb)
+        self.downsample = nn.Conv2d(c0, c1, 3, stride=2, padding=1)
+        self.down1 = ResBlock(c1, c1, d_emb)
+        self.mid = ResBlock(c1, c1, d_emb)
+        self.up0 = ResBlock(c1 + c0, c0, d_emb)
+        self.out_norm = _norm(c0)
+        self.head = nn.ConvTranspose2d(c0, in_ch, patch, stride=patch) if patch > 1 else nn.Conv2d(c0, in_ch, 3, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h0 = self.down0(self.stem(x), emb)
+        h = self.mid(self.down1(self.downsample(h0), emb), emb)
+        h = F.interpolate(h, size=h0.shape[-2:], mode="nearest")
+        h = self.up0(torch.cat([h, h0], dim=1), emb)
+        return self.head(F.silu(self.out_norm(h)))
+
+
+class UNetDenoiser(Denoiser):
+    """D = c_skip x_t + c_out F(c_in x_t, log(s / a), class), EDM's preconditioning with
+    v = a^2 sigma_d^2 + s^2, c_in = 1/sqrt(v), c_skip = a sigma_d^2 / v, c_out = s sigma_d / sqrt(v).
+
+    ``cond`` is a (B,) tensor of class indices; index ``n_classes`` is the null class that
+    classifier-free guidance (M4) uses, and ``cond=None`` means null for the whole batch.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, n_classes: int = 10, channels: tuple[int, int] = (32, 64), patch: int = 1, sigma_data: float = 0.5, d_emb: int = 128):
+        super().__init__(schedule)
+        self.n_classes, self.sigma_data = n_classes, float(sigma_data)
+        self.noise_embed = nn.Sequential(FourierEmbedding(64), nn.Linear(64, d_emb), nn.SiLU(), nn.Linear(d_emb, d_emb))
+        self.class_embed = nn.Embedding(n_classes + 1, d_emb)
+        self.net = SmallUNet(tuple(channels), d_emb, patch)
+
+    def null_cond(self, cond: Tensor) -> Tensor:
+        return torch.full_like(cond, self.n_classes)
+
+    def dsm_weight(self, t: Tensor) -> Tensor:
+        """EDM's lambda = 1 / c_out^2, picked up by :func:`didr.diffusion.losses.dsm_loss`."""
+        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
+        return (a**2 * self.sigma_data**2 + s**2) / (s * self.sigma_data) ** 2
+
+    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        t = per_sample_time(t, x_t)
+        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
+        sd = self.sigma_data
+        v = a**2 * sd**2 + s**2
+        c_in, c_skip, c_out = v.rsqrt(), a * sd**2 / v, s * sd * v.rsqrt()
+        if cond is None:
+            cond = torch.full((x_t.shape[0],), self.n_classes, dtype=torch.long, device=x_t.device)
+        emb = self.noise_embed(torch.log(s / a) / 4) + self.class_embed(cond)
+        f = self.net(broadcast_to(c_in, x_t) * x_t, F.silu(emb))
+        return broadcast_to(c_skip, x_t) * x_t + broadcast_to(c_out, x_t) * f
+
+
+class OneStepGenerator(nn.Module):
+    """g(z, c) = D(z, t_init, c): a denoiser evaluated once at a fixed noise level.
+
+    Initialised from the reference network this is the Diff-Instruct / SiD generator (t_init near
+    the top of the schedule: the reference's one-step guess, then trained); with t_init = t_max and
+    matched-noise regression onto the teacher it is the paper's toy initialisation. ``z`` is a
+    unit Gaussian, the same noise the multi-step teacher starts from on a VP schedule.
+    """
+
+    def __init__(self, denoiser: Denoiser, t_init: float):
+        super().__init__()
+        self.denoiser, self.t_init = denoiser, float(t_init)
+
+    def forward(self, z: Tensor, cond=None) -> Tensor:
+        return self.denoiser(z, torch.full((z.shape[0],), self.t_init, device=z.device), cond)
