@@ -4,7 +4,8 @@ Layout under ``OUT/checkpoints/``::
 
     step-00000200/
         models.safetensors    generator.*, ta.*, ema.* weights
-        optim.pt              optimiser, LR schedule and grad-scaler states (tensors, numbers, lists)
+        optim.pt              optimiser, LR schedule and grad-scaler states (tensors, numbers, lists);
+                              under FSDP / DeepSpeed one optim-rankNNNNN.pt per process (its shard)
         rng-rank00000.pt      each process's torch / CUDA / numpy / python RNG state
         state.json            step, counters, world size, the config, and each file's size and sha256
 
@@ -42,6 +43,10 @@ OPTIM = "optim.pt"
 
 def rng_file(rank: int) -> str:
     return f"rng-rank{rank:05d}.pt"
+
+
+def optim_shard_file(rank: int) -> str:
+    return f"optim-rank{rank:05d}.pt"
 
 
 def checkpoint_name(step: int) -> str:
@@ -161,12 +166,21 @@ def write_rng(tmp: Path, rank: int) -> None:
     fsync_file(path)
 
 
-def write_main(tmp: Path, models: dict[str, Tensor], optim: dict[str, Any]) -> None:
-    """The weights (safetensors) and optimiser / schedule states, written by the main process."""
+def write_optim_shard(tmp: Path, rank: int, optim: dict[str, Any]) -> None:
+    """A process's own shard of the optimiser state (FSDP, DeepSpeed)."""
+    path = tmp / optim_shard_file(rank)
+    torch.save(optim, path)
+    fsync_file(path)
+
+
+def write_main(tmp: Path, models: dict[str, Tensor], optim: dict[str, Any] | None) -> None:
+    """The weights (safetensors) and, unless each process saved its shard, the optimiser /
+    schedule states: written by the main process."""
     save_file(plain_tensors(models), str(tmp / MODELS))
     fsync_file(tmp / MODELS)
-    torch.save(optim, tmp / OPTIM)
-    fsync_file(tmp / OPTIM)
+    if optim is not None:
+        torch.save(optim, tmp / OPTIM)
+        fsync_file(tmp / OPTIM)
 
 
 def commit(tmp: Path, root: Path, step: int, state: dict[str, Any], keep: int) -> Path:
@@ -237,7 +251,7 @@ def read_state(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: {name} is truncated ({f.stat().st_size} of {info['size']} bytes)")
         if _sha256(f) != info["sha256"]:
             raise CheckpointError(f"{path}: {name} is corrupt (sha256 mismatch)")
-    for name in (MODELS, OPTIM):
+    for name in (MODELS, OPTIM if OPTIM in state["files"] else optim_shard_file(0)):
         if name not in state["files"]:
             raise CheckpointError(f"{path}: {name} is not recorded in {STATE}")
     return state
@@ -248,7 +262,10 @@ def load(path: Path, rank: int = 0) -> Checkpoint:
     state = read_state(path)
     try:
         models = load_file(str(path / MODELS))
-        optim = torch.load(path / OPTIM, map_location="cpu", weights_only=True)
+        optim_path = path / (OPTIM if OPTIM in state["files"] else optim_shard_file(rank))
+        if not optim_path.is_file():
+            raise CheckpointError(f"{path}: no optimiser shard for rank {rank} (saved with {state.get('world_size')} processes)")
+        optim = torch.load(optim_path, map_location="cpu", weights_only=True)
         rng_path = path / rng_file(rank)
         rng = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.is_file() else None
     except Exception as err:  # a file that hashes right but cannot be parsed: still a bad checkpoint

@@ -27,6 +27,14 @@ def make_accelerator(mixed_precision: str = "no"):
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
 
 
+def shards_optimizer(acc) -> bool:
+    """FSDP and DeepSpeed keep a shard of the optimiser state on each process: each one saves its
+    own, and a resume needs the same number of processes."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def describe(acc) -> str:
     """One line naming the processes in effect, for the run's log."""
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"

@@ -37,12 +37,12 @@ import yaml
 from torch import Tensor, nn
 
 from didr.diffusion.losses import dsm_loss, sample_times
-from didr.errors import CheckpointError, DidrError
+from didr.errors import CheckpointError, ConfigError, DidrError
 from didr.objectives.methods import Objective
 from didr.rewards.base import NonFiniteRewardError
 from didr.train import checkpoint as ckpt
 from didr.train.config import RESUMABLE_CHANGES, TrainConfig
-from didr.train.distributed import Prepared, any_rank, describe, make_accelerator, reduce_logs, same_on_all_ranks, seed_all, to_device
+from didr.train.distributed import Prepared, any_rank, describe, make_accelerator, reduce_logs, same_on_all_ranks, seed_all, shards_optimizer, to_device
 
 
 @dataclass
@@ -186,6 +186,8 @@ class Trainer:
         self.ref = alignment.reference.requires_grad_(False).eval().to(self.acc.device)
         self.uses_ta = alignment.ta is not None and alignment.objective.uses_ta and cfg.ta_updates > 0
         self._prepare()
+        if cfg.ema_decay > 0 and shards_optimizer(self.acc):
+            raise ConfigError("train.ema_decay: the EMA needs whole weights on each process; set it to 0 under FSDP / DeepSpeed")
         self.ema = EMA(alignment.generator, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.resumed_from: Path | None = None
         if (cfg.resume if resume is None else resume) and self.out_dir is not None:
@@ -376,12 +378,15 @@ class Trainer:
         if root is None:
             return None
         models = self._state_tensors()  # a collective under FSDP / DeepSpeed
+        optim, sharded = self._optim_state(), shards_optimizer(self.acc)
         tmp = ckpt.begin(root, self.step_count) if self.is_main else ckpt.temp_dir(root, self.step_count)
         self.acc.wait_for_everyone()
         ckpt.write_rng(tmp, self.rank)
+        if sharded:
+            ckpt.write_optim_shard(tmp, self.rank, optim)
         path = root / ckpt.checkpoint_name(self.step_count)
         if self.is_main:
-            ckpt.write_main(tmp, models, self._optim_state())
+            ckpt.write_main(tmp, models, None if sharded else optim)
         self.acc.wait_for_everyone()
         if self.is_main:
             state = {
@@ -401,6 +406,9 @@ class Trainer:
             self.log_line(f"resume: no checkpoint under {self.checkpoint_dir} yet; starting from step 0")
             return
         check_resumable(found.state.get("config", {}).get("train", {}), dataclasses.asdict(self.cfg), found.path)
+        saved_world = found.state.get("world_size", self.world)
+        if shards_optimizer(self.acc) and saved_world != self.world:
+            raise CheckpointError(f"cannot resume from {found.path}: its optimiser is sharded over {saved_world} processes; launch {saved_world}, not {self.world}")
         self._load_models(found)
         self._load_optim(found.optim)
         self.step_count = found.step
@@ -421,6 +429,10 @@ class Trainer:
             parts.append(("ta", self.a.ta))
         if self.ema is not None:
             parts.append(("ema", self.ema.module))
+        if shards_optimizer(self.acc):  # load through the FSDP / DeepSpeed wrappers (full state dicts)
+            parts[0] = ("generator", self.gen.wrapped)
+            if self.uses_ta:
+                parts[1] = ("ta", self.ta.wrapped)
         for prefix, module in parts:
             sd = {k[len(prefix) + 1 :]: v for k, v in found.models.items() if k.startswith(prefix + ".")}
             try:
