@@ -210,3 +210,12 @@ def test_sharded_optimiser_state_is_saved_per_process(tmp_path, monkeypatch):
     assert_bit_identical(exported(tmp_path / "whole"), exported(tmp_path / "split"))
     with pytest.raises(Exception, match="EMA needs whole weights"):
         Trainer(tiny_alignment(), tiny_config(ema_decay=0.9))
+
+
+def test_a_run_whose_every_step_is_skipped_fails(tmp_path):
+    """Fewer steps than max_bad_steps, all with a NaN reward: the run must not end as a success."""
+    nan = lambda x, prompts=None: x[:, 0] * float("nan")  # noqa: E731
+    trainer = Trainer(tiny_alignment(reward=nan, method="dipp"), tiny_config(steps=3, max_bad_steps=10), tmp_path)
+    with pytest.raises(RewardError, match=r"all 3 steps of the run had NaN or inf; last: reward '<lambda>' returned 16 non-finite"):
+        trainer.run()
+    assert not (tmp_path / "export").exists()

@@ -77,6 +77,10 @@ class TrainingError(DidrError):
     """The run cannot go on (too many non-finite steps in a row)."""
 
 
+class RewardStop(TrainingError, NonFiniteRewardError):
+    """The run stopped because the reward kept returning NaN or inf."""
+
+
 class Interrupted(DidrError):
     """SIGTERM or SIGINT stopped the run after a checkpoint was saved."""
 
@@ -182,6 +186,7 @@ class Trainer:
         seed_all(cfg.seed + self.rank)  # per-process noise; the models start equal (DDP broadcasts rank 0's)
         self.step_count, self.bad_in_a_row, self.bad_total = 0, 0, 0
         self.problem: str | None = None
+        self.problem_is_reward = False
         self.run_config = run_config if run_config is not None else self._read_run_config()
         self.ref = alignment.reference.requires_grad_(False).eval().to(self.acc.device)
         self.uses_ta = alignment.ta is not None and alignment.objective.uses_ta and cfg.ta_updates > 0
@@ -247,10 +252,11 @@ class Trainer:
         """Gradients are all-reduced on the last micro-batch only."""
         return self.acc.no_sync(module) if micro < self.cfg.grad_accum - 1 else contextlib.nullcontext()
 
-    def _bad(self, problem: str | None) -> bool:
+    def _bad(self, problem: str | None, from_reward: bool = False) -> bool:
         """Agree across processes whether any of them hit a non-finite value."""
         if any_rank(self.acc, problem is not None):
             self.problem = problem or "a NaN or inf on another process"
+            self.problem_is_reward = from_reward
             return True
         return False
 
@@ -291,7 +297,7 @@ class Trainer:
         for micro in range(self.cfg.grad_accum):
             z, cond = self._inputs()
             with self._sync(self.gen.wrapped, micro):
-                problem = None
+                problem, from_reward = None, False
                 try:
                     with self.acc.autocast():
                         x0 = self.gen(z, cond)
@@ -299,8 +305,8 @@ class Trainer:
                     if not torch.isfinite(loss):
                         problem = f"generator loss is {float(loss)}"
                 except NonFiniteRewardError as err:  # a wrong shape or type still stops the run
-                    problem = str(err)
-                if self._bad(problem):
+                    problem, from_reward = str(err), True
+                if self._bad(problem, from_reward):
                     return None
                 self.acc.backward(loss / self.cfg.grad_accum)
             for k, v in {"generator_loss": float(loss.detach()), **micro_logs}.items():
@@ -346,10 +352,11 @@ class Trainer:
         self.bad_total += 1
         self.log_line(f"step {self.step_count} skipped ({self.bad_in_a_row} in a row, {self.bad_total} in all): {self.problem}")
         if self.bad_in_a_row >= self.cfg.max_bad_steps:
-            raise TrainingError(
-                f"stopped at step {self.step_count}: {self.bad_in_a_row} steps in a row had NaN or inf "
-                f"(train.max_bad_steps = {self.cfg.max_bad_steps}); last: {self.problem}"
-            )
+            self._stop(f"{self.bad_in_a_row} steps in a row had NaN or inf (train.max_bad_steps = {self.cfg.max_bad_steps})")
+
+    def _stop(self, what: str) -> None:
+        error = RewardStop if self.problem_is_reward else TrainingError
+        raise error(f"stopped at step {self.step_count}: {what}; last: {self.problem}")
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -474,7 +481,9 @@ class Trainer:
                       f"effective batch {self.cfg.batch_size * self.cfg.grad_accum * self.world}")
         log = MetricsLog(self.out_dir if self.is_main else None)
         bar = tqdm(total=self.cfg.steps, initial=self.step_count, desc=self.desc, disable=not (self.cfg.progress and self.is_main), leave=False)
-        start, logs, saved_at = time.perf_counter(), {}, -1
+        start, logs = time.perf_counter(), {}
+        saved_at = self.step_count if self.resumed_from else -1  # the checkpoint it resumed from
+        first_step = self.step_count
         with _StopSignals() as stop:
             try:
                 while self.step_count < self.cfg.steps:
@@ -497,6 +506,8 @@ class Trainer:
             finally:
                 bar.close()
                 log.close()
+            if self.bad_in_a_row and self.bad_in_a_row >= self.step_count - first_step:
+                self._stop(f"all {self.bad_in_a_row} steps of the run had NaN or inf")
             if saved_at != self.step_count:
                 self.save_checkpoint()
             self.export()
