@@ -88,6 +88,15 @@ def test_tiny_zimage_trains_and_stock_pipeline_samples_the_export(zimage_run):
     assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
 
 
+def test_reference_guidance_defaults_per_backbone(tmp_path, sdxl_run):
+    from didr.models.denoiser import GuidedDenoiser
+
+    t2i = start(run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=str(sdxl_run / "tiny" / "sdxl")), tmp_path / "out")
+    assert isinstance(t2i.reference, GuidedDenoiser) and t2i.reference.scale == 8.0  # DMD2's real-score guidance
+    null = t2i.reference.null_cond(t2i.prompts.sample(2))
+    assert null["encoder_hidden_states"].abs().sum() == 0  # SDXL's zeros for an empty negative prompt
+
+
 def test_didr_sample_writes_images(sdxl_run, tmp_path):
     assert main(["sample", str(sdxl_run), "--prompt", "a cat", "--prompt", "a dog", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["00000.png", "00001.png"]
@@ -152,6 +161,10 @@ def test_bf16_storage_and_autocast_with_lora_generator(tmp_path):
 
     sets = ["backbone.dtype=bfloat16", "backbone.autocast=bf16", "backbone.generator_lora_rank=4", "train.steps=1"]
     assert main(["train", str(CONFIGS / "tiny-zimage.yaml"), "--out", str(tmp_path)] + [a for s in sets for a in ("--set", s)]) == 0
+    from diffusers import ZImagePipeline
+
     net = ZImageTransformer2DModel.from_pretrained(tmp_path / "export" / "transformer")
     assert next(net.parameters()).dtype == torch.float32
-    assert (tmp_path / "export" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    pipe = ZImagePipeline.from_pretrained(tmp_path / "tiny" / "zimage")
+    pipe.load_lora_weights(tmp_path / "export" / "lora")  # the LoRA alone, onto the stock base
+    assert any("lora" in n for n, _ in pipe.transformer.named_parameters())

@@ -168,3 +168,21 @@ def test_vae_decode_memory_options_keep_values_and_gradients():
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-5)
     assert VaeDecoder(vae, downscale=2)(z).shape == (3, 3, 8, 8)
+
+
+def test_zimage_guidance_is_the_pipelines_cfg():
+    """(M4) with w = 1 + g on the ZImageDenoiser is ZImagePipeline's pos + g (pos - neg) on the velocity."""
+    from didr.models.denoiser import GuidedDenoiser
+
+    torch.manual_seed(0)
+    net = tiny.tiny_zimage_transformer().eval()
+    den = make_denoiser(net, FlowMatchingSchedule(shift=3.0), "zimage")
+    gen = torch.Generator().manual_seed(6)
+    x, sigma, g = torch.randn(2, 16, 8, 8, generator=gen), torch.tensor([0.8, 0.8]), 4.0
+    pos = {"cap_feats": [torch.randn(5, 32, generator=gen), torch.randn(3, 32, generator=gen)]}
+    neg = {"cap_feats": [torch.randn(2, 32, generator=gen)] * 2}
+    with torch.no_grad():
+        guided = GuidedDenoiser(den, 1 + g, lambda c: neg)(x, sigma, pos)
+        outs = [torch.stack(net(list(x.unsqueeze(2).unbind(0)), 1 - sigma, c["cap_feats"], return_dict=False)[0]).squeeze(2) for c in (pos, neg)]
+        velocity = -(outs[0] + g * (outs[0] - outs[1]))
+    torch.testing.assert_close(guided, x - 0.8 * velocity, rtol=1e-4, atol=1e-4)

@@ -235,20 +235,27 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_tiny(cfg: BackboneConfig, out_dir: Path) -> BackboneConfig:
-    """Build the tiny random pipeline (and reward) once under OUT/tiny; point the config at them."""
-    from didr.models.tiny import TINY_BUILDERS, save_tiny_clip
+    """Build the tiny random pipeline once under OUT/tiny; point the config at it."""
+    from didr.models.tiny import TINY_BUILDERS
 
     folder = out_dir / "tiny" / cfg.kind
     if not (folder / "model_index.json").is_file():
         TINY_BUILDERS[cfg.kind](folder)
     cfg = copy.copy(cfg)
     cfg.pretrained = str(folder)
-    if cfg.reward == "tiny-clip":
-        clip = out_dir / "tiny" / "clip"
-        if not (clip / "config.json").is_file():
-            save_tiny_clip(clip)
-        cfg.reward = f"pickscore:{clip}"
     return cfg
+
+
+def reward_spec(cfg: BackboneConfig, out_dir: Path) -> str:
+    """The reward spec, with ``tiny-clip`` built once under OUT/tiny/clip and loaded as PickScore."""
+    from didr.models.tiny import save_tiny_clip
+
+    if cfg.reward != "tiny-clip":
+        return cfg.reward
+    clip = out_dir / "tiny" / "clip"
+    if not (clip / "config.json").is_file():
+        save_tiny_clip(clip)
+    return f"pickscore:{clip}"
 
 
 def build_prompts(cfg: BackboneConfig, pipe: Pipeline, cache_dir: Path) -> PromptSet:
@@ -326,7 +333,7 @@ def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
     times = generator_times(schedule, cfg.generator_t, cfg.generator_steps, cfg.generator_times)
     generator = StepGenerator(den(gen_net), times, checkpoint=cfg.gradient_checkpointing)
     decoder = VaeDecoder(pipe.vae, cfg.decode_micro_batch, cfg.decode_checkpoint, cfg.decode_downscale)
-    reward = LatentReward(load_reward(cfg.reward, device=device), decoder)
+    reward = LatentReward(load_reward(reward_spec(cfg, out_dir), device=device), decoder)
     return TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device)
 
 
