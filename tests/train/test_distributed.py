@@ -80,3 +80,31 @@ def test_single_process_helpers():
     g.schedule = "s"
     z = torch.randn(3, 1)
     assert p.schedule == "s" and torch.equal(p(z), g(z) * 2)
+
+
+@pytest.mark.slow
+def test_two_processes_stopped_and_resumed_match_an_uninterrupted_run(tmp_path):
+    """SIGTERM to torchrun reaches both processes; they agree on the step, save one checkpoint
+    (with both RNG states) and exit; a 2-process --resume then ends bit-identical."""
+    import signal
+    import subprocess
+    import time
+
+    from train_helpers import ROOT, assert_bit_identical, subprocess_env
+
+    args = sets("train.steps=60", "train.checkpoint_every=10")
+    whole = run(torchrun_cmd(2, "train", TOY, "--out", str(tmp_path / "whole"), *args), timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "split"
+    proc = subprocess.Popen(torchrun_cmd(2, "train", TOY, "--out", str(out), *args), cwd=ROOT, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 200
+    while not list((out / "checkpoints").glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "stopped by SIGTERM at step" in err, err[-3000:]
+    resumed = run(torchrun_cmd(2, "train", TOY, "--out", str(out), *args, "--resume"), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(resumed from step-" in (out / "train.log").read_text()
+    assert_bit_identical(exported(tmp_path / "whole"), exported(out))

@@ -1,6 +1,6 @@
-"""The alternating TA / generator training loop."""
+"""The alternating TA / generator loop, with accelerate, checkpoints, exact resume and guards."""
 
 from didr.train.config import TrainConfig
-from didr.train.loop import EMA, Alignment, Trainer
+from didr.train.loop import EMA, Alignment, Interrupted, RewardStop, Trainer, TrainingError
 
-__all__ = ["TrainConfig", "EMA", "Alignment", "Trainer"]
+__all__ = ["TrainConfig", "EMA", "Alignment", "Trainer", "Interrupted", "TrainingError", "RewardStop"]
