@@ -3,7 +3,7 @@
 Each adapter overrides ``call_net`` (the backbone's call signature and time convention) and
 inherits ``to_x0`` from the parameterisation it predicts:
 
-- :class:`UNetDenoiser` (``UNet2DConditionModel``, SD1.5 / SDXL): eps- or v-prediction on the
+- :class:`UNetEpsDenoiser` / :class:`UNetVDenoiser` (``UNet2DConditionModel``, SD1.5 / SDXL): eps- or v-prediction on the
   discrete DDPM schedule; SDXL's ``text_time`` added conditions ride in the conditioning dict.
 - :class:`ZImageDenoiser` (``ZImageTransformer2DModel``): list-based forward; it is fed
   1 - t (``pipeline_z_image.py`` feeds (1000 - timestep) / 1000) and predicts x_0 - eps, the
@@ -80,7 +80,6 @@ class UNetX0Denoiser(UNetCall, X0Denoiser):
 
 
 UNET_DENOISERS = {"epsilon": UNetEpsDenoiser, "v_prediction": UNetVDenoiser, "sample": UNetX0Denoiser}
-UNetDenoiser = UNetCall  # the common base, for isinstance checks
 
 
 class ZImageDenoiser(DiffusersCall, FlowDenoiser):
