@@ -224,3 +224,15 @@ def test_estimator_config_errors():
         DRPEstimator(SigmoidReward(), 1.0, steps=0)
     with pytest.raises(ConfigError):
         MonteCarloDRS(SigmoidReward(), 1.0, samples=1)
+
+
+def test_monte_carlo_repeats_structured_conditioning():
+    """Dict / tuple / list conditioning (diffusers backbones) is repeated row-aligned with x_t."""
+    from didr.objectives.drs import _repeat_cond, _select
+
+    cond = {"emb": torch.arange(3.0)[:, None], "pair": (torch.arange(3), ["a", "b", "c"])}
+    rep = _repeat_cond(cond, 1, 2, 3)
+    assert rep["emb"].reshape(-1).tolist() == [1.0, 2.0] * 3
+    assert rep["pair"][0].tolist() == [1, 2] * 3 and rep["pair"][1] == ["b", "c"] * 3
+    sel = _select(cond, torch.tensor([True, False, True]))
+    assert sel["emb"].reshape(-1).tolist() == [0.0, 2.0] and sel["pair"][1] == ["a", "c"]

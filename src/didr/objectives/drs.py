@@ -118,10 +118,15 @@ class MonteCarloDRS(DRSEstimator):
 
 
 def _repeat_cond(cond, lo, m, n):
+    """Rows lo..lo+m of a conditioning batch, repeated n times sample-major (like the x_t rows)."""
     if cond is None:
         return None
     if isinstance(cond, Tensor):
         return cond[lo : lo + m].repeat(n, *([1] * (cond.ndim - 1)))
+    if isinstance(cond, dict):
+        return {k: _repeat_cond(v, lo, m, n) for k, v in cond.items()}
+    if isinstance(cond, tuple):
+        return tuple(_repeat_cond(v, lo, m, n) for v in cond)
     if isinstance(cond, list):
         return list(cond[lo : lo + m]) * n
     raise TypeError(f"cannot repeat conditioning of type {type(cond).__name__}")
@@ -154,6 +159,10 @@ def _select(cond, mask):
         return None
     if isinstance(cond, Tensor):
         return cond[mask]
+    if isinstance(cond, dict):
+        return {k: _select(v, mask) for k, v in cond.items()}
+    if isinstance(cond, tuple):
+        return tuple(_select(v, mask) for v in cond)
     return [c for c, keep in zip(cond, mask.tolist()) if keep]
 
 
