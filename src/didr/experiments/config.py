@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from didr.config import require
+from didr.experiments.digits import DigitsConfig
 from didr.experiments.text_to_image import BackboneConfig
 from didr.experiments.toy import ToyConfig
 from didr.objectives.config import MethodConfig
@@ -26,6 +27,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
+    digits: DigitsConfig = field(default_factory=DigitsConfig)  # real digits / MNIST (didr bench digits|mnist)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # text-to-image experiments
 
     def validate(self, path: str = "") -> None:

@@ -20,7 +20,14 @@ def _text_to_image(cfg: RunConfig, out_dir: Path) -> dict:
     return run_text_to_image(cfg, out_dir)
 
 
+def _digits(cfg: RunConfig, out_dir: Path) -> dict:
+    from didr.experiments.digits import run_digits
+
+    return run_digits(cfg, out_dir)
+
+
 EXPERIMENTS: dict[str, Callable[[RunConfig, Path], dict]] = {
     "toy": _toy,
+    "digits": _digits,
     "text-to-image": _text_to_image,
 }
