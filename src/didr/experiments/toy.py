@@ -33,6 +33,7 @@ from didr.models.mlp import MLPDenoiser, MLPGenerator
 from didr.objectives.config import MethodConfig, build_objective
 from didr.rewards.toy import parse_toy_reward
 from didr.train.config import TrainConfig
+from didr.train.distributed import is_main_process
 from didr.train.loop import Alignment, Trainer
 
 
@@ -100,8 +101,8 @@ def _cached(path: Path | None, key: str, module: nn.Module, build: Callable[[], 
         if json.loads(path.with_suffix(".json").read_text()).get("key") == key:
             module.load_state_dict(load_file(str(path)))
             return module
-    build()
-    if path is not None:
+    build()  # every rank builds (same seed, same result); only the main process writes
+    if path is not None and is_main_process():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))

@@ -31,6 +31,7 @@ from didr.experiments.config import RunConfig
 from didr.experiments.toy import align, generate, prepare_stages
 from didr.objectives.config import METHODS, MethodConfig
 from didr.rewards.toy import parse_toy_reward
+from didr.train.distributed import is_main_process
 
 #: DRP's first-order bias grows with the noise level (benchmarks/results/drs_error.md); on the toy,
 #: generator noise levels t <= 0.4 with k = 4 DRP steps remove it. Restricting omega(t) to a range
@@ -205,9 +206,10 @@ def train_toy(cfg: RunConfig, out_dir: Path) -> dict:
     stages = prepare_stages(cfg.toy, cfg.train.seed, out_dir / "stages", progress=cfg.train.progress)
     n, dim = cfg.toy.eval_samples, stages.mixture.dim
     x, row = _run_one(stages, cfg.method, cfg, reward, tilted, n, dim, cfg.train.seed, cfg.method.name, out_dir)
-    _save_samples(out_dir, cfg.method.name, x)
     result = {cfg.method.name: row, "pstar": _exact(tilted)}
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    if is_main_process():
+        _save_samples(out_dir, cfg.method.name, x)
+        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
 
 

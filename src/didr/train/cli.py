@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
 from didr import config as cfgio
+from didr.train.distributed import is_main_process
 from didr.errors import CheckpointError, ConfigError
 
 
@@ -68,11 +68,6 @@ def check_resume(out: Path, cfg) -> None:
     saved = state.get("config", {}).get("run")
     if saved is not None:
         check_run_resumable(saved, cfgio.to_dict(cfg), path)
-
-
-def is_main_process() -> bool:
-    """The main process of a torchrun / accelerate launch (the only one that writes)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run(args: argparse.Namespace) -> int:

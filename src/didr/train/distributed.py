@@ -8,12 +8,19 @@ so the run's log states the world size really in effect.
 
 from __future__ import annotations
 
+import os
+
 import random
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+
+def is_main_process() -> bool:
+    """The main process of a torchrun / accelerate launch (the only one that writes files)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def make_accelerator(mixed_precision: str = "no"):
