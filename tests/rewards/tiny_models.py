@@ -55,28 +55,11 @@ def torchvision_reference(pil, size: int = 224) -> torch.Tensor:
 
 # ---------------------------------------------------------------- tokenizers
 
-def _bytes_to_unicode() -> list[str]:
-    """CLIP's byte-to-character table (the base alphabet of its BPE vocabulary)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def save_clip_tokenizer(folder: Path) -> int:
     """A character-level CLIP BPE tokenizer (no merges); returns its vocabulary size."""
-    from transformers import CLIPTokenizer
+    from didr.models.tiny import save_char_tokenizer
 
-    chars = _bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
-    return len(vocab)
+    return save_char_tokenizer(folder)
 
 
 def save_bert_vocab(folder: Path) -> int:
