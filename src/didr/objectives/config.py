@@ -25,8 +25,8 @@ class MethodConfig:
     drs: str = "drp"  # DRS estimator for DIDR: drp | mc | hybrid (DRP below t_switch, MC above) | exact (mixtures)
     drp_steps: int = 1  # k of (M12)
     drp_checkpoint: bool = False  # recompute the k reference calls in backward to bound memory
-    mc_samples: int = 32  # posterior samples per x_t for Monte-Carlo DRS (M9)
-    mc_sampler_steps: int = 4  # ancestral steps per posterior sample
+    mc_samples: int = 64  # posterior samples per x_t for Monte-Carlo DRS (M9)
+    mc_sampler_steps: int = 25  # ancestral steps per posterior sample; fewer bias the DRS towards 0
     t_switch: float = 0.2  # hybrid estimator: Monte-Carlo above this t
     omega: str = "x0"  # generator weighting omega(t): x0 | score | snr
     normalise: bool = False  # DMD2's per-sample gradient normalisation
