@@ -44,6 +44,7 @@ def pareto_plot(rows: list[dict], path: str | Path, reward_key: str = "reward", 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     families = sorted({r["family"] for r in rows})
     colours = {f: plt.cm.tab10(i) for i, f in enumerate(families)}
@@ -54,7 +55,9 @@ def pareto_plot(rows: list[dict], path: str | Path, reward_key: str = "reward", 
             ax.plot([r[key] for r in pts], [r[reward_key] for r in pts], "o-" if len(pts) > 1 else "o", color=colours[fam], label=fam, ms=5)
             for r in pts:
                 ax.annotate(r["label"], (r[key], r[reward_key]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(key.replace("_", " ") + " (lower is better)")
+        ax.set_xscale("log")  # reward-hacked runs sit orders of magnitude to the right
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(key.replace("_", " ") + " (lower is better, log scale)")
         ax.set_ylabel(reward_key + " (higher is better)")
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=7)

@@ -98,6 +98,11 @@ def _machine() -> str:
             f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, load average {load:.1f}")
 
 
+def slug(label: str) -> str:
+    """A file name for a run label: 'DIDR b=0.5 k=2 t<0.4' -> 'DIDR_b0.5_k2_tlt0.4'."""
+    return label.replace(" ", "_").replace("=", "").replace("<", "lt").replace("(", "").replace(")", "")
+
+
 def run_method(stages, run: Run, cfg, out: Path) -> dict:
     """Align one method, or load its generator when a finished run with the same settings is cached."""
     from didr.experiments.digits import align
@@ -105,7 +110,7 @@ def run_method(stages, run: Run, cfg, out: Path) -> dict:
 
     method = cfgio.from_dict(MethodConfig, {**cfgio.to_dict(cfg.method), **run.method}, "method")
     key = run_digest(stages.keys, method, cfg.train)
-    run_dir = out / "runs" / run.label.replace(" ", "_").replace("=", "").replace("<", "lt")
+    run_dir = out / "runs" / slug(run.label)
     path = run_dir / "generator.safetensors"
     start = time.perf_counter()
     generator = copy.deepcopy(stages.generator)
@@ -152,7 +157,7 @@ def bench(dataset: str, out: Path, fast: bool = False, overrides: list[str] | No
 
     def record(label, family, nfe, samples, seconds, labels=c):
         rows.append({"label": label, "family": family, "nfe": nfe, "seconds": round(seconds, 1), **evaluate(samples, labels)})
-        save_grid(samples[:n_grid], grids / f"{label.replace(' ', '_').replace('=', '').replace('<', 'lt')}.png", title=label)
+        save_grid(samples[:n_grid], grids / f"{slug(label)}.png", title=label)
         log(f"{label}: " + ", ".join(f"{k} {v:.3g}" for k, v in rows[-1].items() if isinstance(v, float)))
 
     record("real (train)", "real", 0, stages.data.train_x[: len(z)], 0.0, stages.data.train_y[: len(z)])
