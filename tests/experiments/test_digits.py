@@ -91,3 +91,20 @@ def test_bad_settings_exit_2_naming_the_field(tmp_path, capsys):
 
 def test_one_thread_by_default():
     assert preset("mnist", fast=False).digits.threads == 1 and torch.get_num_threads() >= 1
+
+
+def test_stages_survive_an_interrupted_run(tmp_path, monkeypatch):
+    import didr.experiments.digits as digits
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(digits, "align", interrupted)
+    assert main(["bench", "digits", "--fast", "--out", str(tmp_path)]) == 130
+    stages = sorted((tmp_path / "stages").glob("*.safetensors"))
+    assert {p.stem for p in stages} >= {"reference", "classifier", "eval_classifier", "preference", "teacher_pool", "generator_init"}
+    assert not list((tmp_path / "stages").glob("*.tmp"))
+    before = {p: p.stat().st_mtime_ns for p in stages}
+    monkeypatch.undo()
+    assert main(["bench", "digits", "--fast", "--out", str(tmp_path)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in stages} == before
