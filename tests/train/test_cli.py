@@ -26,20 +26,27 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 def interrupt(out: Path, signum: int, stages_from: Path) -> tuple[int, str]:
-    """Start a run, wait for its first checkpoint, then send ``signum`` after a random delay."""
+    """Start a run and send ``signum`` at a random moment while it trains: after a randomly chosen
+    checkpoint (step 10 to 60 of 80) appears, plus a random fraction of a step or two."""
     shutil.copytree(stages_from / "stages", out / "stages")  # the cached stages, as a rerun would find them
     proc = subprocess.Popen(
         didr_cmd("train", TOY, "--out", str(out), *sets(*LONG)), cwd=ROOT, env=subprocess_env(), stderr=subprocess.PIPE, text=True
     )
+    rng = random.Random()  # its own generator: the in-process runs seed the global one
+    target = rng.choice(range(10, 61, 10))
     deadline = time.monotonic() + 120
-    while not list((out / "checkpoints").glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    delay = random.Random().uniform(0.0, 1.0)  # its own generator: the in-process runs seed the global one
+    while proc.poll() is None and time.monotonic() < deadline and not _reached(out, target):
+        time.sleep(0.005)
+    delay = rng.uniform(0.0, 0.03)
     time.sleep(delay)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    print(f"signal {signum} after {delay:.2f} s; exit {proc.returncode}")
+    print(f"signal {signum} after checkpoint {target} + {delay:.3f} s; exit {proc.returncode}")
     return proc.returncode, err
+
+
+def _reached(out: Path, step: int) -> bool:
+    return any(int(p.name.split("-")[1]) >= step for p in (out / "checkpoints").glob("step-*") if p.name.split("-")[1].isdigit())
 
 
 def resume_and_compare(out: Path, uninterrupted: Path) -> None:
