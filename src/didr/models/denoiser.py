@@ -110,6 +110,35 @@ class FlowDenoiser(NetworkDenoiser):
         return x_t - s * (self.sign * out)
 
 
+class PreconditionedDenoiser(Denoiser):
+    """EDM's preconditioning (Karras et al. 2022, Table 1) generalised to x_t = a x_0 + s eps:
+    with v = a^2 sigma_d^2 + s^2, D = c_skip x_t + c_out F(c_in x_t, c_noise, cond), where
+    c_in = 1/sqrt(v), c_skip = a sigma_d^2 / v, c_out = s sigma_d / sqrt(v), c_noise = log(s/a) / 4.
+    F's input and target then have unit variance at every t. Subclasses implement ``network``.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, sigma_data: float):
+        super().__init__(schedule)
+        self.sigma_data = float(sigma_data)
+
+    def network(self, x_in: Tensor, c_noise: Tensor, cond: Any) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def dsm_weight(self, t: Tensor) -> Tensor:
+        """EDM's lambda = 1 / c_out^2 (picked up by ``dsm_loss``): every noise level weighs the same."""
+        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
+        return (a**2 * self.sigma_data**2 + s**2) / (s * self.sigma_data) ** 2
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        t = per_sample_time(t, x_t)
+        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
+        sd = self.sigma_data
+        v = a**2 * sd**2 + s**2
+        c_in, c_skip, c_out = v.rsqrt(), a * sd**2 / v, s * sd * v.rsqrt()
+        f = self.network(broadcast_to(c_in, x_t) * x_t, torch.log(s / a) / 4, cond)
+        return broadcast_to(c_skip, x_t) * x_t + broadcast_to(c_out, x_t) * f
+
+
 PREDICTION_TYPES = {"epsilon": EpsDenoiser, "v_prediction": VDenoiser, "sample": X0Denoiser, "flow": FlowDenoiser}
 
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from didr.diffusion.schedules import NoiseSchedule, broadcast_to
-from didr.models.denoiser import Denoiser, per_sample_time
+from didr.diffusion.schedules import NoiseSchedule
+from didr.models.denoiser import PreconditionedDenoiser
 
 
 class FourierEmbedding(nn.Module):
@@ -46,35 +46,22 @@ def mlp(d_in: int, d_out: int, hidden: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MLPDenoiser(Denoiser):
-    """An MLP behind EDM's preconditioning generalised to scaled schedules (Karras et al. 2022,
-    Table 1, with x_t = a x_0 + s eps): with v = a^2 sigma_d^2 + s^2,
-    D = c_skip x_t + c_out F(c_in x_t, log(s / a)), c_in = 1/sqrt(v), c_skip = a sigma_d^2 / v,
-    c_out = s sigma_d / sqrt(v). Inputs and targets of F then have unit variance at every t."""
+class MLPDenoiser(PreconditionedDenoiser):
+    """An MLP behind EDM-style preconditioning (see :class:`PreconditionedDenoiser`), optionally
+    class-conditional (the last class index is the null class of CFG)."""
 
     def __init__(self, schedule: NoiseSchedule, dim: int, hidden: int = 128, depth: int = 3, sigma_data: float = 1.0, n_classes: int = 0):
-        super().__init__(schedule)
-        self.dim, self.sigma_data = dim, float(sigma_data)
+        super().__init__(schedule, sigma_data)
+        self.dim = dim
         self.embed = FourierEmbedding(64)
         self.class_embed = nn.Embedding(n_classes + 1, 64) if n_classes else None  # last index: null
         self.net = ConditionedMLP(dim, 64, dim, hidden, depth)
 
-    def dsm_weight(self, t: Tensor) -> Tensor:
-        """EDM's lambda = 1 / c_out^2: every noise level weighs the same on F's unit-variance target."""
-        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
-        return (a**2 * self.sigma_data**2 + s**2) / (s * self.sigma_data) ** 2
-
-    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
-        t = per_sample_time(t, x_t)
-        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
-        sd = self.sigma_data
-        v = a**2 * sd**2 + s**2
-        c_in, c_skip, c_out = v.rsqrt(), a * sd**2 / v, s * sd * v.rsqrt()
-        emb = self.embed(torch.log(s / a) / 4)
+    def network(self, x_in: Tensor, c_noise: Tensor, cond=None) -> Tensor:
+        emb = self.embed(c_noise)
         if self.class_embed is not None and cond is not None:
             emb = emb + self.class_embed(cond)
-        f = self.net(broadcast_to(c_in, x_t) * x_t, emb)
-        return broadcast_to(c_skip, x_t) * x_t + broadcast_to(c_out, x_t) * f
+        return self.net(x_in, emb)
 
 
 class MLPGenerator(nn.Module):

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from didr.diffusion.schedules import NoiseSchedule, broadcast_to
-from didr.models.denoiser import Denoiser, per_sample_time
+from didr.diffusion.schedules import NoiseSchedule
+from didr.models.denoiser import Denoiser, PreconditionedDenoiser
 from didr.models.mlp import FourierEmbedding
 
 
@@ -66,17 +66,17 @@ class SmallUNet(nn.Module):
         return self.head(F.silu(self.out_norm(h)))
 
 
-class UNetDenoiser(Denoiser):
-    """D = c_skip x_t + c_out F(c_in x_t, log(s / a), class), EDM's preconditioning with
-    v = a^2 sigma_d^2 + s^2, c_in = 1/sqrt(v), c_skip = a sigma_d^2 / v, c_out = s sigma_d / sqrt(v).
+class UNetDenoiser(PreconditionedDenoiser):
+    """A small class-conditional UNet behind EDM's preconditioning (see
+    :class:`didr.models.denoiser.PreconditionedDenoiser`).
 
     ``cond`` is a (B,) tensor of class indices; index ``n_classes`` is the null class that
     classifier-free guidance (M4) uses, and ``cond=None`` means null for the whole batch.
     """
 
     def __init__(self, schedule: NoiseSchedule, n_classes: int = 10, channels: tuple[int, int] = (32, 64), patch: int = 1, sigma_data: float = 0.5, d_emb: int = 128):
-        super().__init__(schedule)
-        self.n_classes, self.sigma_data = n_classes, float(sigma_data)
+        super().__init__(schedule, sigma_data)
+        self.n_classes = n_classes
         self.noise_embed = nn.Sequential(FourierEmbedding(64), nn.Linear(64, d_emb), nn.SiLU(), nn.Linear(d_emb, d_emb))
         self.class_embed = nn.Embedding(n_classes + 1, d_emb)
         self.net = SmallUNet(tuple(channels), d_emb, patch)
@@ -84,22 +84,11 @@ class UNetDenoiser(Denoiser):
     def null_cond(self, cond: Tensor) -> Tensor:
         return torch.full_like(cond, self.n_classes)
 
-    def dsm_weight(self, t: Tensor) -> Tensor:
-        """EDM's lambda = 1 / c_out^2, picked up by :func:`didr.diffusion.losses.dsm_loss`."""
-        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
-        return (a**2 * self.sigma_data**2 + s**2) / (s * self.sigma_data) ** 2
-
-    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
-        t = per_sample_time(t, x_t)
-        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
-        sd = self.sigma_data
-        v = a**2 * sd**2 + s**2
-        c_in, c_skip, c_out = v.rsqrt(), a * sd**2 / v, s * sd * v.rsqrt()
+    def network(self, x_in: Tensor, c_noise: Tensor, cond=None) -> Tensor:
         if cond is None:
-            cond = torch.full((x_t.shape[0],), self.n_classes, dtype=torch.long, device=x_t.device)
-        emb = self.noise_embed(torch.log(s / a) / 4) + self.class_embed(cond)
-        f = self.net(broadcast_to(c_in, x_t) * x_t, F.silu(emb))
-        return broadcast_to(c_skip, x_t) * x_t + broadcast_to(c_out, x_t) * f
+            cond = torch.full((x_in.shape[0],), self.n_classes, dtype=torch.long, device=x_in.device)
+        emb = self.noise_embed(c_noise) + self.class_embed(cond)
+        return self.net(x_in, F.silu(emb))
 
 
 class OneStepGenerator(nn.Module):
