@@ -57,14 +57,14 @@ def test_short_dsm_training_beats_the_untrained_network():
     c = torch.tensor([0, 1]).repeat(32)
     t = sample_times(64, net.schedule, generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
-    before = float(dsm_loss(net, x0, t, c, noise=noise).mean())
+    before = float(dsm_loss(net, x0, t, c, noise=noise).mean().detach())
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(60):
         loss = dsm_loss(net, x0, sample_times(64, net.schedule), c).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = float(dsm_loss(net, x0, t, c, noise=noise).mean())
+    after = float(dsm_loss(net, x0, t, c, noise=noise).mean().detach())
     assert after < 0.5 * before
 
 
