@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from didr.diffusion.schedules import NoiseSchedule, broadcast_to
+from didr.diffusion.schedules import NoiseSchedule
 
 
 def sample_times(n: int, schedule: NoiseSchedule, *, device=None, generator=None, t_min=None, t_max=None) -> Tensor:

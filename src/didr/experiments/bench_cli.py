@@ -23,9 +23,9 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from didr import config as cfgio
+from didr.experiments.stages import digest, load_stage, save_stage, stage_metadata
 
 PRESETS: dict[str, dict] = {
     "digits": {
@@ -114,24 +114,19 @@ def run_method(stages, run: Run, cfg, out: Path) -> dict:
     path = run_dir / "generator.safetensors"
     start = time.perf_counter()
     generator = copy.deepcopy(stages.generator)
-    meta = run_dir / "generator.json"
-    if path.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
-        generator.load_state_dict(load_file(str(path)))
-        seconds = json.loads(meta.read_text())["seconds"]
+    state = load_stage(path, key)
+    if state is not None:
+        generator.load_state_dict(state)
+        seconds = float(stage_metadata(path)["seconds"])
     else:
         generator = align(stages, method, cfg.train, run_dir, desc=run.label)
         seconds = time.perf_counter() - start
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in generator.state_dict().items()}, str(path.with_suffix(".tmp")))
-        path.with_suffix(".tmp").replace(path)
-        meta.write_text(json.dumps({"key": key, "seconds": seconds}))
+        save_stage(path, key, generator.state_dict(), seconds=repr(seconds))
     return {"generator": generator, "seconds": seconds}
 
 
 def run_digest(keys: dict, method, train) -> str:
-    from didr.experiments.toy import _digest
-
-    return _digest({"stages": keys, "method": cfgio.to_dict(method), "train": cfgio.to_dict(train)})
+    return digest({"stages": keys, "method": cfgio.to_dict(method), "train": cfgio.to_dict(train)})
 
 
 def bench(dataset: str, out: Path, fast: bool = False, overrides: list[str] | None = None, log=print) -> dict:

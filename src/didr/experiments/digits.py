@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from didr.config import require
@@ -37,7 +36,7 @@ from didr.diffusion.losses import dsm_loss, sample_times
 from didr.diffusion.samplers import ddim_sample
 from didr.diffusion.schedules import NoiseSchedule, make_schedule
 from didr.eval import image_metrics as im
-from didr.experiments.toy import _cached, _digest
+from didr.experiments.stages import cached_module, cached_tensors, digest
 from didr.models.denoiser import GuidedDenoiser
 from didr.models.unet import OneStepGenerator, UNetDenoiser
 from didr.objectives.config import MethodConfig, build_objective
@@ -179,21 +178,6 @@ def distill_generator(generator: OneStepGenerator, pool_z: Tensor, pool_c: Tenso
     generator.eval()
 
 
-def _cached_tensors(path: Path | None, key: str, build: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Tensors saved with a digest, like :func:`didr.experiments.toy._cached` for modules."""
-    meta = path.with_suffix(".json") if path is not None else None
-    if path is not None and path.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
-        return load_file(str(path))
-    out = build()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp))
-        tmp.replace(path)
-        meta.write_text(json.dumps({"key": key}))
-    return out
-
-
 def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = None, progress: bool = True, log: Callable[[str], None] = lambda s: None) -> DigitStages:
     """Build (or load from ``stage_dir``) the data, reference, rewards and initial generator."""
     c = asdict(cfg)
@@ -202,25 +186,25 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
     size = data.shape[-1]
     path = (lambda name: stage_dir / f"{name}.safetensors") if stage_dir is not None else (lambda name: None)
     pick = lambda *names: {n: c[n] for n in names}  # noqa: E731
-    keys = {"data": _digest({**pick("dataset", "holdout"), "seed": seed})}
-    keys["reference"] = _digest({"data": keys["data"], **pick("schedule", "channels", "patch", "ref_steps", "ref_batch", "ref_lr", "ref_ema", "cond_drop")})
+    keys = {"data": digest({**pick("dataset", "holdout"), "seed": seed})}
+    keys["reference"] = digest({"data": keys["data"], **pick("schedule", "channels", "patch", "ref_steps", "ref_batch", "ref_lr", "ref_ema", "cond_drop")})
 
     torch.manual_seed(seed)
     make_net = lambda: UNetDenoiser(schedule, data.n_classes, tuple(cfg.channels), cfg.patch, data.sigma_data())  # noqa: E731
     net, ref_net = make_net(), make_net()
     ref_net.load_state_dict(net.state_dict())
     log("stage: reference")
-    _cached(path("reference"), keys["reference"], ref_net, lambda: train_reference(net, ref_net, data, cfg, seed, progress))
+    cached_module(path("reference"), keys["reference"], ref_net, lambda: train_reference(net, ref_net, data, cfg, seed, progress))
     ref_net.requires_grad_(False).eval()
     reference = GuidedDenoiser(ref_net, cfg.cfg_scale, ref_net.null_cond)
 
     log("stage: rewards")
-    keys["classifier"] = _digest({"data": keys["data"], **pick("classifier_steps")})
+    keys["classifier"] = digest({"data": keys["data"], **pick("classifier_steps")})
     classifier, eval_classifier = DigitCNN(data.n_classes, 32, 64, size), DigitCNN(data.n_classes, 24, 32, size)
     x, y = data.train_x, data.train_y
-    _cached(path("classifier"), keys["classifier"], classifier, lambda: train_classifier(classifier, x, y, steps=cfg.classifier_steps, seed=seed + 1))
-    _cached(path("eval_classifier"), keys["classifier"], eval_classifier, lambda: train_classifier(eval_classifier, x, y, steps=cfg.classifier_steps, seed=seed + 2))
-    keys["preference"] = _digest({"data": keys["data"], **pick("preference_steps", "preference_tau", "gold")})
+    cached_module(path("classifier"), keys["classifier"], classifier, lambda: train_classifier(classifier, x, y, steps=cfg.classifier_steps, seed=seed + 1))
+    cached_module(path("eval_classifier"), keys["classifier"], eval_classifier, lambda: train_classifier(eval_classifier, x, y, steps=cfg.classifier_steps, seed=seed + 2))
+    keys["preference"] = digest({"data": keys["data"], **pick("preference_steps", "preference_tau", "gold")})
     preference = PreferenceReward(DigitCNN(1, 16, 32, size))
     gold = gold_attribute(cfg.gold, x)
 
@@ -228,24 +212,24 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
         train_preference(preference.net, x, gold(x), steps=cfg.preference_steps, tau=cfg.preference_tau, seed=seed + 3)
         preference.standardise_on(x)
 
-    _cached(path("preference"), keys["preference"], preference, fit_preference)
+    cached_module(path("preference"), keys["preference"], preference, fit_preference)
     reward = DigitReward(preference, ClassifierReward(classifier), cfg.prompt_weight)
 
     log("stage: teacher samples")
-    keys["teacher"] = _digest({"reference": keys["reference"], **pick("cfg_scale", "teacher_steps", "teacher_pool")})
+    keys["teacher"] = digest({"reference": keys["reference"], **pick("cfg_scale", "teacher_steps", "teacher_pool")})
 
     def teacher_pool() -> dict[str, Tensor]:
         z, cl = inputs(cfg.teacher_pool, data.shape, seed + 4, data.n_classes)
         return {"z": z, "c": cl, "x": teacher_sample(reference, z, cl, cfg.teacher_steps)}
 
-    pool = _cached_tensors(path("teacher_pool"), keys["teacher"], teacher_pool)
+    pool = cached_tensors(path("teacher_pool"), keys["teacher"], teacher_pool)
 
     log("stage: initial generator")
-    keys["generator"] = _digest({"teacher": keys["teacher"], **pick("generator_init", "generator_t", "distill_steps", "distill_batch", "distill_lr")})
+    keys["generator"] = digest({"teacher": keys["teacher"], **pick("generator_init", "generator_t", "distill_steps", "distill_batch", "distill_lr")})
     t_gen = cfg.generator_t if cfg.generator_t is not None else schedule.t_max
     generator = OneStepGenerator(copy.deepcopy(ref_net).requires_grad_(True), t_gen)
     if cfg.generator_init == "teacher":
-        _cached(path("generator_init"), keys["generator"], generator, lambda: distill_generator(generator, pool["z"], pool["c"], pool["x"], cfg, seed + 5, progress))
+        cached_module(path("generator_init"), keys["generator"], generator, lambda: distill_generator(generator, pool["z"], pool["c"], pool["x"], cfg, seed + 5, progress))
     return DigitStages(cfg, data, schedule, ref_net, reference, generator.eval(), classifier, eval_classifier, preference, reward, gold, keys)
 
 

@@ -13,27 +13,22 @@ Every generator is then compared with the exact tilted optimum p* (M6).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from didr.config import require
 from didr.diffusion.losses import dsm_loss, sample_times
-from didr.diffusion.mixture import GaussianMixture, MixtureDenoiser, TiltedDensity
+from didr.diffusion.mixture import GaussianMixture, MixtureDenoiser
 from didr.diffusion.samplers import ddim_sample
 from didr.diffusion.schedules import NoiseSchedule, make_schedule
+from didr.experiments.stages import cached_module, digest
 from didr.models.mlp import MLPDenoiser, MLPGenerator
 from didr.objectives.config import MethodConfig, build_objective
 from didr.rewards.toy import parse_toy_reward
 from didr.train.config import TrainConfig
-from didr.train.distributed import is_main_process
 from didr.train.loop import Alignment, Trainer
 
 
@@ -88,27 +83,6 @@ class ToyStages:
     reference_net: MLPDenoiser  # the trained network, the TA's initialisation
     generator: MLPGenerator  # the initial one-step generator
     teacher_samples: torch.Tensor  # 30-step DDIM samples of the reference, for the report
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _cached(path: Path | None, key: str, module: nn.Module, build: Callable[[], None]) -> nn.Module:
-    """Load ``module``'s weights from ``path`` if they were made with the same ``key``, else build
-    and save them (atomically: a temporary file renamed into place)."""
-    if path is not None and path.exists() and path.with_suffix(".json").exists():
-        if json.loads(path.with_suffix(".json").read_text()).get("key") == key:
-            module.load_state_dict(load_file(str(path)))
-            return module
-    build()  # every rank builds (same seed, same result); only the main process writes
-    if path is not None and is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
-        tmp.replace(path)
-        path.with_suffix(".json").write_text(json.dumps({"key": key}))
-    return module
 
 
 def sigma_data(mixture: GaussianMixture) -> float:
@@ -168,17 +142,17 @@ def prepare_stages(cfg: ToyConfig, seed: int, stage_dir: Path | None, progress: 
     torch.manual_seed(seed)
     net = MLPDenoiser(schedule, mixture.dim, cfg.hidden, cfg.depth, sigma_data=sigma_data(mixture))
     base = {k: v for k, v in asdict(cfg).items() if k not in ("reward", "eval_samples", "reference")}
-    ref_key = _digest({**{k: base[k] for k in base if not k.startswith(("distill", "teacher"))}, "seed": seed})
+    ref_key = digest({**{k: base[k] for k in base if not k.startswith(("distill", "teacher"))}, "seed": seed})
     path = stage_dir / "reference.safetensors" if stage_dir else None
-    _cached(path, ref_key, net, lambda: train_reference(net, mixture, cfg, seed, progress))
+    cached_module(path, ref_key, net, lambda: train_reference(net, mixture, cfg, seed, progress))
     net.requires_grad_(False).eval()
     reference = MixtureDenoiser(mixture, schedule) if cfg.reference == "exact" else net
 
     torch.manual_seed(seed + 2)
     generator = MLPGenerator(mixture.dim, cfg.hidden, cfg.depth)
-    gen_key = _digest({**base, "reference": cfg.reference, "seed": seed})
+    gen_key = digest({**base, "reference": cfg.reference, "seed": seed})
     path = stage_dir / f"generator_init_{cfg.reference}.safetensors" if stage_dir else None
-    _cached(path, gen_key, generator, lambda: distill_generator(generator, reference, cfg, seed, progress))
+    cached_module(path, gen_key, generator, lambda: distill_generator(generator, reference, cfg, seed, progress))
     z = torch.randn(cfg.eval_samples, mixture.dim, generator=torch.Generator().manual_seed(seed + 3))
     return ToyStages(mixture, schedule, reference, net, generator, teacher(reference, z, cfg.teacher_steps))
 
