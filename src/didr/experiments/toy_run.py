@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from didr import config as cfgio
 from didr.config import from_dict, to_dict
 from didr.diffusion.mixture import GaussianMixture, TiltedDensity
 from didr.errors import ConfigError
@@ -72,14 +73,7 @@ def parse_method(spec: str, base: MethodConfig) -> tuple[str, MethodConfig]:
     name, *pairs = spec.split(":")
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    fields = to_dict(base) | {"name": name}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"method {spec!r}: {pair!r} must look like field=value")
-        import yaml
-
-        fields[key] = yaml.safe_load(value)
+    fields = cfgio.apply_overrides(to_dict(base) | {"name": name}, pairs)
     return spec, from_dict(MethodConfig, fields, "method")
 
 

@@ -145,13 +145,11 @@ class HybridDRS(DRSEstimator):
     def __call__(self, ref, x_t, t, cond=None):
         high = t > self.t_switch
         drs = torch.zeros_like(x_t)
-        x0_ref = None
         if (~high).any():
-            est = self.low(ref, x_t[~high], t[~high], _select(cond, ~high))
-            drs[~high] = est.drs
+            drs[~high] = self.low(ref, x_t[~high], t[~high], _select(cond, ~high)).drs
         if high.any():
             drs[high] = self.high(ref, x_t[high], t[high], _select(cond, high)).drs
-        return DRSEstimate(drs, x0_ref)
+        return DRSEstimate(drs)
 
 
 def _select(cond, mask):
