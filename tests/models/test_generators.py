@@ -4,18 +4,15 @@ step per call on the state the generator's own earlier steps reach, with no grad
 from __future__ import annotations
 
 import copy
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from didr.diffusion.samplers import ddim_sample
 from didr.diffusion.schedules import VPCosineSchedule
 from didr.errors import ConfigError
 from didr.models.generators import ForwardNoisedSteps, StepGenerator, generator_times
 from didr.models.mlp import MLPDenoiser
+from gloo_ranks import on_two_gloo_ranks
 
 TIMES = [0.9, 0.6, 0.3]
 
@@ -119,23 +116,15 @@ def test_bad_times_and_rules_are_refused():
     assert generator_times(VPCosineSchedule(), 0.6, 3) == pytest.approx([0.6, 0.4, 0.2])
 
 
-def _pick_on_rank(rank: int, port: int, out) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _picked_steps(rank: int) -> list[int]:
     torch.manual_seed(rank)  # each process draws from its own stream, as the training loop seeds them
     gen = StepGenerator(denoiser(), TIMES)
-    out[rank] = [gen.pick_step(torch.device("cpu")) for _ in range(40)]
-    dist.destroy_process_group()
+    return [gen.pick_step(torch.device("cpu")) for _ in range(40)]
 
 
 def test_processes_train_the_same_step():
     """FSDP gathers weights at every call, so every process must run the same steps."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.start_processes(_pick_on_rank, args=(port, out), nprocs=2, start_method="fork")
-        picks = [out[0], out[1]]
+    picks = on_two_gloo_ranks(_picked_steps)
     assert picks[0] == picks[1] and len(set(picks[0])) == 3
 
 

@@ -15,6 +15,7 @@ import torch
 from didr.models.mlp import MLPGenerator
 from didr.train.distributed import Prepared, any_rank, make_accelerator, reduce_logs, same_on_all_ranks
 from safetensors.torch import load_file
+from gloo_ranks import on_two_gloo_ranks
 from train_helpers import ROOT, TOY, didr_cmd, exported, run, sets, torchrun_cmd
 
 
@@ -193,36 +194,23 @@ def test_the_fsdp_preset_launched_on_cpu_stops_with_the_reason(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def _clip_on_rank(rank: int, port: int, out) -> None:
-    import torch.distributed as dist
+def _clipped_norm(rank: int) -> float:
     from types import SimpleNamespace
 
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     from didr.train.distributed import clip_grad_norm
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(0)
     model = FSDP(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)), device_id=torch.device("cpu"), use_orig_params=True)
     model(torch.randn(6, 4, generator=torch.Generator().manual_seed(rank))).pow(2).sum().backward()
-    out[rank] = float(clip_grad_norm(SimpleNamespace(unscale_gradients=lambda: None), model, float("inf")))
-    dist.destroy_process_group()
+    return float(clip_grad_norm(SimpleNamespace(unscale_gradients=lambda: None), model, float("inf")))
 
 
 def test_gradient_norm_of_an_fsdp_module_is_the_whole_models():
     """Under FSDP the norm comes from the wrapper itself (accelerate's lookup by parameter lists
     fails with two models of one size): each process gets the norm of the whole averaged gradient."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.start_processes(_clip_on_rank, args=(port, out), nprocs=2, start_method="fork")
-        norms = [out[0], out[1]]
+    norms = on_two_gloo_ranks(_clipped_norm)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
     for rank in (0, 1):  # FSDP averages the processes' gradients
