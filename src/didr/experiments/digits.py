@@ -78,6 +78,7 @@ class DigitsConfig:
     distill_steps: int = 600
     distill_batch: int = 64
     distill_lr: float = 1e-3
+    distill_ema: float = 0.0  # EMA of the regressed weights (0 = off): the initial generator is the EMA
     classifier_steps: int = 600
     preference_steps: int = 800
     preference_tau: float = 0.1  # annotator noise: P(a > b) = sigmoid((g_a - g_b) / (tau std g))
@@ -96,6 +97,7 @@ class DigitsConfig:
         require(self.gold in GOLD, f"{path}.gold", f"unknown gold attribute {self.gold!r}; choose one of {', '.join(GOLD)}")
         require(self.generator_t is None or 0 < self.generator_t <= 1, f"{path}.generator_t", f"must be in (0, 1], got {self.generator_t}")
         require(0 <= self.cond_drop < 1 and 0 <= self.ref_ema < 1, f"{path}.cond_drop", "cond_drop and ref_ema must be in [0, 1)")
+        require(0 <= self.distill_ema < 1, f"{path}.distill_ema", f"must be in [0, 1), got {self.distill_ema}")
         require(self.cfg_scale >= 1, f"{path}.cfg_scale", f"must be >= 1, got {self.cfg_scale}")
         for name in ("ref_steps", "ref_batch", "teacher_steps", "teacher_pool", "distill_batch", "classifier_steps", "preference_steps", "eval_samples", "threads"):
             require(getattr(self, name) >= 1, f"{path}.{name}", f"must be >= 1, got {getattr(self, name)}")
@@ -274,10 +276,13 @@ def train_reference(net: UNetDenoiser, ema: UNetDenoiser, data: DigitData, promp
         loss.backward()
         opt.step()
         sched.step()
-        decay = min(cfg.ref_ema, step / (step + 10))  # short warm-up so early weights fade fast
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - decay)
+        _ema_update(ema, net, min(cfg.ref_ema, step / (step + 10)))  # short warm-up so early weights fade fast
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p, 1 - decay)
 
 
 def _where_null(drop: Tensor, null: Any, cond: Any) -> Any:
@@ -290,18 +295,24 @@ def _where_null(drop: Tensor, null: Any, cond: Any) -> Any:
 
 
 def distill_generator(generator: OneStepGenerator, pool: dict[str, Tensor], prompts, cfg: DigitsConfig, seed: int, progress: bool) -> None:
-    """Matched-noise regression: g(z, c) onto the teacher's sample from the same (z, c)."""
+    """Matched-noise regression: g(z, c) onto the teacher's sample from the same (z, c). With
+    ``distill_ema`` the generator ends with the EMA of its weights."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(generator.parameters(), lr=cfg.distill_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.distill_steps, 1), eta_min=cfg.distill_lr * 0.05)
+    ema = copy.deepcopy(generator).requires_grad_(False) if cfg.distill_ema else None
     generator.train()
-    for _ in progress_bar(range(cfg.distill_steps), "generator init", enabled=progress):
+    for step in progress_bar(range(cfg.distill_steps), "generator init", enabled=progress):
         idx = torch.randint(0, len(pool["z"]), (cfg.distill_batch,), generator=gen)
         loss = ((generator(pool["z"][idx], prompts.batch(pool["c"][idx])) - pool["x"][idx]) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            _ema_update(ema, generator, min(cfg.distill_ema, step / (step + 10)))
+    if ema is not None:
+        generator.load_state_dict(ema.state_dict())
     generator.eval()
 
 
@@ -366,7 +377,7 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
     pool = cached_tensors(path("teacher_pool"), keys["teacher"], teacher_pool)
 
     log("stage: initial generator")
-    keys["generator"] = digest({"teacher": keys["teacher"], **pick("generator_init", "generator_t", "distill_steps", "distill_batch", "distill_lr")})
+    keys["generator"] = digest({"teacher": keys["teacher"], **pick("generator_init", "generator_t", "distill_steps", "distill_batch", "distill_lr", "distill_ema")})
     t_gen = cfg.generator_t if cfg.generator_t is not None else schedule.t_max
     generator = OneStepGenerator(copy.deepcopy(ref_net).requires_grad_(True), t_gen)
     if cfg.generator_init == "teacher":
