@@ -77,37 +77,6 @@ def test_didr_train_runs_one_method_with_cached_stages(fast_bench, tmp_path):
     assert (tmp_path / "samples.png").exists()
 
 
-def _rows(family, setting, rewards, fids, seeds=(0, 1, 2)):
-    return [{"label": f"{family} {setting}", "family": family, "setting": setting, "seed": s, "reward": r, "fid_real": f, "fid_opt": f + 1,
-             "gold_deficit": 0.1, "precision": 0.8, "recall": 0.5, "nfe": 1, "seconds": 1.0} for s, r, f in zip(seeds, rewards, fids)]
-
-
-def test_seed_aggregation_frontier_points_and_claims():
-    from didr.experiments.bench_cli import claims, frontier_points, table
-    from didr.eval.frontier import compare_at_equal_reward
-
-    teacher = {"label": "teacher 30 steps", "family": "teacher", "setting": "", "seed": None, "reward": 0.3, "fid_real": 10.0, "fid_opt": 9.0,
-               "gold_deficit": 0.1, "precision": 0.8, "recall": 0.6, "nfe": 30, "seconds": 5.0}
-    rows = [teacher, *_rows("DI", "", [0.30, 0.32, 0.31], [10.0, 10.4, 10.2]),
-            *_rows("DIDR", "b=1", [0.50, 0.52, 0.51], [10.5, 10.7, 10.6]), *_rows("DIDR", "b=0.5", [0.80, 0.82, 0.78], [13.0, 13.4, 12.9]),
-            *_rows("DI++", "a=1", [0.50, 0.54, 0.52], [12.0, 12.6, 12.2]), *_rows("DI++", "a=2", [0.85, 0.86, 0.84], [16.0, 16.5, 16.2])]
-    points = frontier_points(rows)
-    by = {(p.method, p.setting): p for p in points}
-    # DI is the zero-strength end of both frontiers; every point keeps its seeds in order
-    assert set(by) == {("DIDR", "b=inf"), ("DI++", "a=0"), ("DIDR", "b=1"), ("DIDR", "b=0.5"), ("DI++", "a=1"), ("DI++", "a=2")}
-    assert by[("DIDR", "b=1")].seeds == [0, 1, 2] and by[("DIDR", "b=1")].reward.tolist() == [0.50, 0.52, 0.51]
-    assert by[("DI++", "a=0")].errors["fid_real"].tolist() == [10.0, 10.4, 10.2]
-    mean, half = by[("DIDR", "b=0.5")].error_interval("fid_real")
-    assert mean == pytest.approx(13.1) and half == pytest.approx(4.303 * 0.2646 / 3**0.5, rel=1e-3)
-    assert "| DIDR b=0.5 | 3 | 1 | 0.800 ± 0.05 |" in table(rows)
-    cmp = compare_at_equal_reward(points, "DIDR", "DI++", "fid_real")
-    assert {r.verdict for r in cmp.rows if r.reward > 0.45} == {"a"}  # DIDR lower FID at equal reward, beyond the seeds' spread
-    cl = claims(rows, points, [cmp])
-    # b=1: reward above the teacher's, FID 10.6 ± 0.5 within 1.1 x 10; b=0.5: FID 13.1 is not
-    assert [(x["setting"], x["holds"]) for x in cl["beats_teacher"]] == [("b=1", True), ("b=0.5", False)]
-    assert cl["beats_teacher_holds"] and "DI++:fid_real" in cl["ahead"]
-
-
 def preset_fast():
     from didr.experiments.bench_cli import FAST
 
@@ -168,3 +137,40 @@ def test_fidelity_ablation_writes_its_table(fast_bench, tmp_path):
     assert all(v.method["name"] == "di" for v in ABLATION)
     logged = json.loads((tmp_path / "runs" / "DI_baseline_s0" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "drs_norm" not in logged and "reward" not in logged
+
+
+def test_the_regression_ends_with_the_ema_of_its_weights():
+    """distill_ema: the initial generator is the EMA of the regressed weights (decay with the same
+    short warm-up as the reference's), not the last weights."""
+    import copy
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from didr.diffusion.schedules import make_schedule
+    from didr.experiments.digits import ClassPrompts, DigitsConfig, distill_generator
+    from didr.models.unet import OneStepGenerator, UNetDenoiser
+
+    torch.manual_seed(0)
+    start = OneStepGenerator(UNetDenoiser(make_schedule("vp-cosine"), 10, (8, 8), 1), 0.999)
+    gen = torch.Generator().manual_seed(1)
+    pool = {"z": torch.randn(16, 1, 8, 8, generator=gen), "c": torch.arange(16) % 10, "x": torch.randn(16, 1, 8, 8, generator=gen)}
+    cfg = DigitsConfig(distill_steps=6, distill_batch=4, distill_ema=0.2)
+    raw = copy.deepcopy(start)
+    snapshots = []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: snapshots.append([p.detach().clone() for p in raw.parameters()]))
+    try:
+        distill_generator(raw, pool, ClassPrompts(10), DigitsConfig(distill_steps=6, distill_batch=4), seed=3, progress=False)
+    finally:
+        handle.remove()
+    expected = [p.detach().clone() for p in start.parameters()]
+    for step, weights in enumerate(snapshots):
+        decay = min(0.2, step / (step + 10))
+        expected = [e * decay + w * (1 - decay) for e, w in zip(expected, weights)]
+    averaged = copy.deepcopy(start)
+    distill_generator(averaged, pool, ClassPrompts(10), cfg, seed=3, progress=False)
+    assert len(snapshots) == 6
+    for e, p, r in zip(expected, averaged.parameters(), raw.parameters()):
+        torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(p, r) for p, r in zip(averaged.parameters(), raw.parameters()))
+    with pytest.raises(Exception, match="distill_ema"):
+        DigitsConfig(distill_ema=1.0).validate()

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from didr import config as cfgio
+from didr.experiments.bench_report import METRICS, analyse, reference_points, render_report, sample_figure, write_ablation
 from didr.experiments.stages import digest, load_stage, save_stage, stage_metadata
 
 PRESETS: dict[str, dict] = {
@@ -91,9 +92,6 @@ GRIDS = {
     "full": {"beta": [1.0, 0.5, 0.25], "alpha": [1.0, 2.0, 4.0], "dmd_alpha": [1.0, 4.0], "refl_reg": [30.0, 300.0, 3000.0]},
     "fast": {"beta": [1.0, 0.5], "alpha": [1.0, 2.0], "dmd_alpha": [1.0], "refl_reg": [100.0]},
 }
-FAMILIES = ("DI", "DIDR", "DI++", "DMD+r", "ReFL", "DIDR MC")
-COMPARED = ("DI++", "DMD+r", "ReFL", "DIDR MC")  # each against DIDR (DRP, k = 1)
-METRICS = ("fid_real", "fid_opt", "gold_deficit")
 
 
 def sweep(dataset: str, fast: bool) -> list[Run]:
@@ -141,9 +139,15 @@ def preset(dataset: str, fast: bool, overrides: list[str] | None = None):
 def _machine() -> str:
     import os
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     return (f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
-            f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)")
+            f"torch {torch.__version__}, torch threads {torch.get_num_threads()}")
+
+
+def _load() -> float:
+    """The 5-minute load average: how busy the shared cores were."""
+    import os
+
+    return round(os.getloadavg()[1], 2) if hasattr(os, "getloadavg") else math.nan
 
 
 def slug(label: str) -> str:
@@ -198,7 +202,7 @@ class Bench:
         torch.set_num_threads(self.cfg.digits.threads)
         self.dataset, self.out, self.fast = dataset, out, fast
         out.mkdir(parents=True, exist_ok=True)
-        self.t0 = time.perf_counter()
+        self.t0, self.load_start = time.perf_counter(), _load()
         self.log = lambda msg: log(f"[{time.perf_counter() - self.t0:7.1f} s] {msg}")  # noqa: E731
         self.stages = prepare_stages(self.cfg.digits, self.cfg.train.seed, out / "stages", self.cfg.train.progress, self.log)
         self.t_stages = time.perf_counter() - self.t0
@@ -258,13 +262,16 @@ class Bench:
         return self.record(run.label, run.family, run.setting, seed, 1, lambda z, c: generate(res["generator"], z, c), res["seconds"])
 
     def header(self) -> dict:
+        prompts = self.stages.prompts
+        phrasings = {split: prompts.count(split) for split in ("seen", "unseen")} if prompts.kind == "text" else {"seen": prompts.count()}
         return {"dataset": self.dataset, "fast": self.fast, "config": cfgio.to_dict(self.cfg), "machine": _machine(), "date": date.today().isoformat(),
-                "heldout": len(self.stages.data.test_x), "prompts": self.cfg.digits.prompts}
+                "load": {"start": self.load_start, "end": _load()}, "train": len(self.stages.data.train_x), "heldout": len(self.stages.data.test_x),
+                "prompts": self.cfg.digits.prompts, "phrasings": phrasings}
 
 
 def bench(dataset: str, out: Path, fast: bool = False, overrides: list[str] | None = None, seeds: int | None = None, log=print) -> dict:
     """Run the comparison and write metrics.json, frontiers.png, samples.png, grids/ and report.md under ``out``."""
-    from didr.eval.frontier import compare_at_equal_reward, plot_frontiers
+    from didr.eval.frontier import plot_frontiers
 
     b = Bench(dataset, out, fast, overrides, log)
     seeds = list(range(seeds or SEEDS["fast" if fast else "full"]))
@@ -272,18 +279,16 @@ def bench(dataset: str, out: Path, fast: bool = False, overrides: list[str] | No
     for run in sweep(dataset, fast):
         for seed in seeds:
             b.run(run, seed)
-    points = frontier_points(b.rows)
-    comparisons = [compare_at_equal_reward(points, "DIDR", other, m) for other in COMPARED for m in METRICS
-                   if any(p.method == other for p in points)]
+    points, comparisons, found = analyse(b.rows)
     total = time.perf_counter() - b.t0
     plot_frontiers(points, list(METRICS), out / "frontiers.png", title=f"didr bench {dataset}: reward against error, {len(seeds)} seeds", log_y=True,
                    references=reference_points(b.rows))
     sample_figure(b.grids, out / "samples.png")
     result = {**b.header(), "seeds": seeds, "seconds": {"stages": round(b.t_stages, 1), "total": round(total, 1)}, "rows": b.rows,
               "comparisons": [{"a": c.a, "b": c.b, "metric": c.metric, "summary": c.summary(), "ranges": c.ranges()} for c in comparisons],
-              "claims": claims(b.rows, points, comparisons)}
+              "claims": found}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    write_report(result, points, out / "report.md")
+    (out / "report.md").write_text(render_report(result))
     return result
 
 
@@ -299,176 +304,6 @@ def ablation(dataset: str, out: Path, overrides: list[str] | None = None, seeds:
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
     write_ablation(result, out / "ablation.md")
     return result
-
-
-def frontier_points(rows: list[dict]):
-    """One :class:`didr.eval.frontier.Point` per (method, setting), its values per seed. DI is
-    the zero-strength end of the DIDR and DI++ frontiers (the same objective exactly)."""
-    from didr.eval.frontier import Point
-
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        if r["family"] == "DI":  # the zero-strength end of two frontiers: beta = inf, alpha = 0 are DI exactly
-            groups.setdefault(("DIDR", "b=inf"), []).append(r)
-            groups.setdefault(("DI++", "a=0"), []).append(r)
-        elif r["family"] in FAMILIES:
-            groups.setdefault((r["family"], r["setting"]), []).append(r)
-    points = [Point(fam, setting or "-", [r["reward"] for r in rs], {m: [r[m] for r in rs] for m in (*METRICS, "precision", "recall", "prompt_accuracy_seen", "prompt_accuracy_unseen") if m in rs[0]},
-                    [r["seed"] for r in rs]) for (fam, setting), rs in groups.items()]
-    return points
-
-
-def reference_points(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """The teacher and the initial generator, marked on the frontier plot."""
-    return {r["label"]: {k: r[k] for k in ("reward", *METRICS)} for r in rows if r["family"] in ("teacher", "initial")}
-
-
-def claims(rows: list[dict], points, comparisons) -> dict:
-    """The benchmark's two questions, answered from the figures:
-    1. does a DIDR setting beat the teacher on reward (its reward interval above the teacher's
-       reward) with FID to held-out images within 10% of the teacher's (the interval's upper end
-       at most 1.1 x the teacher's)?
-    2. at equal reward, is DIDR ahead of DI++ and of ReFL (lower error, the seeds' 95% interval of
-       the paired difference excluding 0)? Answered per metric and reward range."""
-    teacher = next(r for r in rows if r["family"] == "teacher")
-    beats = []
-    for p in points:
-        if p.method != "DIDR" or p.setting == "b=inf":  # b=inf is DI
-            continue
-        (r, rh), (f, fh) = p.reward_interval(), p.error_interval("fid_real")
-        rh, fh = (0.0 if not math.isfinite(h) else h for h in (rh, fh))
-        beats.append({"setting": p.setting, "reward": r, "reward_half": rh, "fid_real": f, "fid_half": fh,
-                      "holds": r - rh > teacher["reward"] and f + fh <= 1.1 * teacher["fid_real"]})
-    ahead = {f"{c.b}:{c.metric}": {"ranges": c.ranges(), "summary": c.summary()} for c in comparisons}
-    return {"teacher_reward": teacher["reward"], "teacher_fid_real": teacher["fid_real"], "beats_teacher": beats,
-            "beats_teacher_holds": any(x["holds"] for x in beats), "ahead": ahead}
-
-
-def sample_figure(grids: dict[str, torch.Tensor], path: Path, per_row: int = 20) -> None:
-    """Two rows of 10 samples for each label (digits 0-9 in turn), one labelled strip per label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from didr.eval.plots import tile
-
-    labels = list(grids)
-    fig, axes = plt.subplots(len(labels), 1, figsize=(5, 1.1 * len(labels)))
-    for ax, label in zip(axes if len(labels) > 1 else [axes], labels):
-        ax.imshow(1 - tile(grids[label][:per_row], 10), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(label, fontsize=7, pad=2)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-COLUMNS = [("nfe", "NFE", "{:d}"), ("reward", "reward", "{:.3f}"), ("preference", "proxy", "{:.3f}"), ("gold", "gold", "{:.4f}"),
-           ("prompt_accuracy_seen", "acc seen", "{:.3f}"), ("prompt_accuracy_unseen", "acc unseen", "{:.3f}"), ("fid_real", "FID real", "{:.3g}"),
-           ("fid_opt", "FID p*", "{:.3g}"), ("opt_ess", "ESS p*", "{:.0f}"), ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
-           ("seconds", "seconds", "{:.0f}")]
-
-
-def _cell(row: dict, key: str, fmt: str) -> str:
-    v = row.get(key)
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return fmt.format(v)
-
-
-def table(rows: list[dict]) -> str:
-    """Single rows (real, teacher, initial) and, per setting, the mean ± t half-width over seeds."""
-    from didr.eval.frontier import mean_interval
-
-    lines = ["| method | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["label"], []).append(r)
-    for label, rs in groups.items():
-        cells = []
-        for key, _, fmt in COLUMNS:
-            vals = [r.get(key) for r in rs if r.get(key) is not None]
-            if not vals:
-                cells.append("-")
-            elif len(rs) == 1 or key == "nfe":
-                cells.append(_cell(rs[0], key, fmt))
-            else:
-                m, h = mean_interval([v for v in vals if math.isfinite(v)])
-                cells.append("-" if not math.isfinite(m) else fmt.format(int(round(m)) if fmt == "{:d}" else m) + (f" ± {h:.2g}" if math.isfinite(h) else ""))
-        lines.append(f"| {label} | {len(rs) if rs[0]['seed'] is not None else '-'} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_report(result: dict, points, path: Path) -> None:
-    """report.md: the command, the machine, the table, the frontier comparisons and the claims."""
-    from didr.eval.frontier import points_table
-
-    cl, d = result["claims"], result["config"]["digits"]
-    fast = " --fast" if result["fast"] else ""
-    teacher = f"reward {cl['teacher_reward']:.3f}, FID real {cl['teacher_fid_real']:.3g}"
-    text = f"""# didr bench {result['dataset']}{fast}
-
-Command: `didr bench {result['dataset']}{fast} --out DIR`
-Machine: {result['machine']}
-Date: {result['date']}
-Time: {result['seconds']['total']:.0f} s in all, {result['seconds']['stages']:.0f} s of it preparing (or loading) the stages.
-Seeds: {', '.join(map(str, result['seeds']))} (seed s varies the alignment: generator inputs, noise levels, TA noise;
-the stages are shared). Intervals: 95% Student-t over seeds.
-
-Prompts: {d['prompts']}. Reward = preference + {d['prompt_weight']:g} x log p(digit | x) (what training optimises); proxy =
-the Bradley-Terry preference model alone (standardised on real training images); gold = the hidden
-attribute the annotator ranked by ({d['gold']}), gold deficit = 1 - gold; FIDs in the feature space of a
-separate classifier trained on real images, against the held-out split (FID real) and against the
-empirical optimum of equal reward (FID p*: the held-out images weighted by exp(r / beta') within each
-class, beta' solved so that their mean reward equals the run's; ESS = its effective sample size of
-{result['heldout']}); acc seen / unseen = prompt accuracy on phrasings used in training / held out;
-NFE = network evaluations per sample (CFG counts twice). Samples are clamped to [-1, 1] before scoring.
-
-{table(result['rows'])}
-
-## Frontiers (mean ± half-width per setting)
-
-""" + "\n".join(points_table(points, list(METRICS))) + """
-
-![frontiers](frontiers.png)
-
-## At equal reward, paired by seed
-
-""" + "\n".join(f"- {c['summary']}" for c in result["comparisons"]) + f"""
-
-## Claims
-
-1. DIDR beats the 30-step teacher ({teacher}) on reward with FID real within 10% of the teacher's:
-   **{'holds' if cl['beats_teacher_holds'] else 'does not hold'}**.
-""" + "".join(f"   - DIDR {x['setting']}: reward {x['reward']:.3f} ± {x['reward_half']:.2g}, FID real {x['fid_real']:.3g} ± {x['fid_half']:.2g}: "
-               f"{'holds' if x['holds'] else 'does not hold'}\n" for x in cl["beats_teacher"]) + """2. DIDR ahead of DI++ and ReFL at equal reward: see the verdicts above, per metric and reward range.
-
-Figures: `frontiers.png`, `samples.png`, `grids/*.png`; all figures (per seed) in `metrics.json`.
-"""
-    path.write_text(text)
-
-
-def write_ablation(result: dict, path: Path) -> None:
-    from didr.eval.frontier import mean_interval
-
-    rows = result["rows"]
-    teacher = next(r for r in rows if r["family"] == "teacher")
-    lines = [f"# didr bench {result['dataset']} --ablation: what the loop alone costs in fidelity", "",
-             f"Command: `didr bench {result['dataset']} --ablation --out DIR`", f"Machine: {result['machine']}", f"Date: {result['date']}",
-             f"Time: {result['seconds']:.0f} s. Seeds: {', '.join(map(str, result['seeds']))}; intervals: 95% Student-t over seeds.", "",
-             f"DI alone (no reward) from the initial one-step generator, one change of the loop at a time. Target: FID real within 10% of the "
-             f"teacher's ({teacher['fid_real']:.3g}, so at most {1.1 * teacher['fid_real']:.3g}), precision and recall within 0.03 of the teacher's "
-             f"({teacher['precision']:.3f}, {teacher['recall']:.3f}).", "",
-             table(rows), "", "| variant | tests | FID real / teacher | precision - teacher | recall - teacher | within target |", "|---|---|---|---|---|---|"]
-    for label, note in result["notes"].items():
-        rs = [r for r in rows if r["label"] == label]
-        if not rs:
-            continue
-        f, p, rc = (mean_interval([r[k] for r in rs])[0] for k in ("fid_real", "precision", "recall"))
-        ok = f <= 1.1 * teacher["fid_real"] and abs(p - teacher["precision"]) <= 0.03 and abs(rc - teacher["recall"]) <= 0.03
-        lines.append(f"| {label} | {note} | {f / teacher['fid_real']:.2f} | {p - teacher['precision']:+.3f} | {rc - teacher['recall']:+.3f} | {'yes' if ok else 'no'} |")
-    path.write_text("\n".join(lines) + "\n")
 
 
 def _run(args: argparse.Namespace) -> int:
