@@ -377,7 +377,9 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
     pool = cached_tensors(path("teacher_pool"), keys["teacher"], teacher_pool)
 
     log("stage: initial generator")
-    keys["generator"] = digest({"teacher": keys["teacher"], **pick("generator_init", "generator_t", "distill_steps", "distill_batch", "distill_lr", "distill_ema")})
+    # distill_ema enters the key only when on, so generators cached before it existed stay valid
+    ema = pick("distill_ema") if cfg.distill_ema else {}
+    keys["generator"] = digest({"teacher": keys["teacher"], **pick("generator_init", "generator_t", "distill_steps", "distill_batch", "distill_lr"), **ema})
     t_gen = cfg.generator_t if cfg.generator_t is not None else schedule.t_max
     generator = OneStepGenerator(copy.deepcopy(ref_net).requires_grad_(True), t_gen)
     if cfg.generator_init == "teacher":
