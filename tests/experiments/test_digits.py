@@ -174,3 +174,27 @@ def test_the_regression_ends_with_the_ema_of_its_weights():
     assert any(not torch.allclose(p, r) for p, r in zip(averaged.parameters(), raw.parameters()))
     with pytest.raises(Exception, match="distill_ema"):
         DigitsConfig(distill_ema=1.0).validate()
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_every_endpoint_reward_run_sets_its_alpha(fast):
+    """DI++ and dmdr take alpha from the bench's grid, whatever the config's default alpha is."""
+    from didr.experiments.bench_cli import GRIDS, run_configs
+
+    cfg = preset("mnist", fast, ["method.alpha=123"])
+    runs = [r for r in sweep("mnist", fast) if r.method["name"] in ("dipp", "dmdr")]
+    grid = GRIDS["fast" if fast else "full"]
+    assert len(runs) == len(grid["alpha"]) + len(grid["dmd_alpha"])
+    for run in runs:
+        method, _ = run_configs(run, cfg, seed=0)
+        assert "alpha" in run.method and method.alpha == run.method["alpha"] != 123
+
+
+def test_the_full_grids_fill_the_frontiers_gaps():
+    """ReFL has settings between reg 300 (barely off the initial generator) and 30 (reward hacking),
+    none past 300; dmdr's alphas start above the 1-4 that left its reward where DI's is."""
+    labels = [r.label for r in sweep("mnist", fast=False)]
+    refl = sorted(float(lab.split("=")[1]) for lab in labels if lab.startswith("ReFL"))
+    assert refl[0] == 30 and refl[-1] == 300 and len([r for r in refl if 30 < r < 300]) >= 3
+    assert min(float(lab.split("=")[1]) for lab in labels if lab.startswith("DMD+r")) >= 8
+    assert len(labels) == len(set(labels))

@@ -87,10 +87,13 @@ class Run:
 
 
 #: the strengths swept: DIDR's beta; DI++'s and dmdr's alpha on log grids chosen so that their
-#: rewards overlap DIDR's; ReFL's regulariser weight. No pair of them is "matched" by assumption.
+#: rewards overlap DIDR's (dmdr's normalised distribution-matching term drowns alpha <= 4, so its
+#: grid starts at 8); ReFL's regulariser weight, dense between reg 300 (barely off the initial
+#: generator) and 30 (reward hacking). No pair of them is "matched" by assumption. Every alpha is
+#: set here, never left to the config's default.
 GRIDS = {
-    "full": {"beta": [1.0, 0.5, 0.25], "alpha": [1.0, 2.0, 4.0], "dmd_alpha": [1.0, 4.0], "refl_reg": [30.0, 300.0, 3000.0]},
-    "fast": {"beta": [1.0, 0.5], "alpha": [1.0, 2.0], "dmd_alpha": [1.0], "refl_reg": [100.0]},
+    "full": {"beta": [1.0, 0.5, 0.25], "alpha": [1.0, 2.0, 4.0], "dmd_alpha": [8.0, 16.0, 32.0], "refl_reg": [30.0, 60.0, 100.0, 150.0, 300.0]},
+    "fast": {"beta": [1.0, 0.5], "alpha": [1.0, 2.0], "dmd_alpha": [8.0], "refl_reg": [100.0]},
 }
 
 
