@@ -85,8 +85,8 @@ def test_report_regenerates_from_recorded_rows():
               "seconds": {"stages": 300.0, "total": 1400.0}, "rows": rows}
     cached = {**result, "seconds": {"stages": 3.0, "total": 1100.0}}
     text = render_report(result, figures="mnist_", timings=[("from scratch", result), ("cached stages", cached)])
-    assert "| from scratch | `didr bench mnist --out DIR` | 1400 | 300 | 1.0 / 2.0 |" in text
-    assert "| cached stages | `didr bench mnist --out DIR` | 1100 | 3 |" in text
+    assert "| from scratch | `didr bench mnist --out DIR` | 1400 | 300 | 1100 | 1.0 / 2.0 |" in text
+    assert "| cached stages | `didr bench mnist --out DIR` | 1100 | 3 | 1097 |" in text
     assert "](mnist_frontiers.png)" in text and "](mnist_samples.png)" in text
     assert "240 seen phrasings" in text and "4,000 train / 1,000 held-out" in text
     assert f"DSM for\n{cfg['digits']['ref_steps']:,} steps" in text
