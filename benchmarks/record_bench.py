@@ -1,0 +1,70 @@
+"""Record ``didr bench digits|mnist`` runs in results/: the report regenerated from the runs' own
+``metrics.json`` (no figure typed by hand), its figures copied beside it, and every run's time.
+
+    didr bench mnist --out runs/mnist                                   # from scratch
+    mkdir runs/mnist-cached && cp -r runs/mnist/stages runs/mnist-cached/
+    didr bench mnist --out runs/mnist-cached                            # cached stages, every method retrained
+    didr bench mnist --fast --out runs/mnist-fast
+    python benchmarks/record_bench.py --name mnist --run "from scratch=runs/mnist" \\
+        --run "cached stages=runs/mnist-cached" --run "smoke test, from scratch=runs/mnist-fast" --out benchmarks/results
+
+The first ``--run`` is the one reported; each later run of the same command (same dataset, same
+``--fast``) is checked to have reproduced its figures, and the time table says whether it did.
+Writes ``OUT/NAME.md``, ``OUT/NAME_frontiers.png`` and ``OUT/NAME_samples.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from didr.experiments.bench_report import render_report
+
+#: results recorded beside each benchmark's report, listed at its end
+RELATED = {
+    "mnist": [
+        ("mnist_ablation.md", "what the loop alone costs in fidelity (`didr bench mnist --ablation`)"),
+        ("mnist_init.md", "the initialisation's variants, each followed by DI (`benchmarks/mnist_init.py`)"),
+        ("mnist_drs.md", "Monte-Carlo DRS against DRP on the same points (`benchmarks/mnist_drs.py`)"),
+        ("mnist_teacher.md", "what limits the teacher (`benchmarks/mnist_teacher.py`)"),
+    ],
+}
+IGNORED = {"seconds"}  # what may differ between two runs of the same command
+
+
+def same_figures(a: dict, b: dict) -> bool:
+    """Whether two runs of one command produced the same figures (times aside)."""
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in IGNORED} for r in rows]  # noqa: E731
+    return a["dataset"] == b["dataset"] and a["fast"] == b["fast"] and strip(a["rows"]) == strip(b["rows"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="the results' name, e.g. mnist: writes NAME.md and NAME_*.png")
+    p.add_argument("--run", action="append", required=True, metavar="WHAT=DIR", help="a run's description and its --out directory; the first is reported")
+    p.add_argument("--out", required=True, help="the results directory")
+    args = p.parse_args()
+    runs = []
+    for spec in args.run:
+        what, _, folder = spec.rpartition("=")
+        runs.append((what, Path(folder), json.loads((Path(folder) / "metrics.json").read_text())))
+    first = runs[0][2]
+    timings = []
+    for what, _, result in runs:
+        if result is not first and result["dataset"] == first["dataset"] and result["fast"] == first["fast"]:
+            what += f" (figures {'identical to' if same_figures(first, result) else 'DIFFERENT from'} the first run's)"
+        timings.append((what, result))
+    out = Path(args.out)
+    text = render_report(first, figures=f"{args.name}_", timings=timings)
+    if args.name in RELATED:
+        text += "\n## Related results\n\n" + "\n".join(f"- [{f}]({f}): {what}" for f, what in RELATED[args.name]) + "\n"
+    (out / f"{args.name}.md").write_text(text)
+    for figure in ("frontiers.png", "samples.png"):
+        shutil.copyfile(runs[0][1] / figure, out / f"{args.name}_{figure}")
+    print(f"wrote {out / f'{args.name}.md'} and its figures")
+
+
+if __name__ == "__main__":
+    main()
