@@ -287,6 +287,8 @@ levels, TA noise; the stages are shared by the seeds). Intervals: 95% Student-t 
 |---|---|---|---|---|---|
 {times}
 
+A rerun with the stages cached under `OUT/stages` skips their building: it costs about the time after the stages.
+
 ## Setup
 
 {_setup(result)}
