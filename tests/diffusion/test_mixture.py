@@ -136,3 +136,52 @@ def test_mixture_validation():
         GaussianMixture([0.0, 1.0], [1.0, 1.0], [0.7, 0.7])
     with pytest.raises(ConfigError, match="beta"):
         TiltedDensity(MIX, LinearReward(), 0.0)
+
+
+def test_mixture_from_yaml_and_json_files(tmp_path):
+    yaml_file = tmp_path / "ring.yaml"
+    yaml_file.write_text("means: [[1, 0, 0], [0, 1, 0]]\nstds: [0.05, 0.1]\nweights: [0.25, 0.75]\n")
+    mix = GaussianMixture.from_file(yaml_file)
+    assert mix.dim == 3 and mix.means.shape == (2, 3) and mix.stds.tolist() == [0.05, 0.1]
+    json_file = tmp_path / "line.json"
+    json_file.write_text('{"means": [-1, 1], "stds": [0.5, 0.5], "weights": [0.5, 0.5]}')
+    assert GaussianMixture.from_file(json_file).dim == 1
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("means: [[1, 0], [0, 1, 0]]\nstds: [1, 1]\nweights: [0.5, 0.5]", "rows of lengths [2, 3]"),
+        ("means: [[1, 0], [0, 1]]\nstds: [1, 1, 1]\nweights: [0.5, 0.5]", "as many stds and weights as means (2)"),
+        ("means: [[1, 0], [0, 1]]\nstds: [1, 1]\nweights: [0.6, 0.6]", "sum to 1"),
+        ("means: [[1, 0], [0, 1]]\nstds: [[1], [1]]\nweights: [0.5, 0.5]", "stds must be one number per component"),
+        ("means: [[1, 0], [0, 1]]\nstds: [1, -1]\nweights: [0.5, 0.5]", "stds must be > 0"),
+        ("means: [[1, 0], [0, 'a']]\nstds: [1, 1]\nweights: [0.5, 0.5]", "means must be numbers"),
+        ("means: [[1, 0], [0, 1]]\nstds: [1, 1]", "missing weights"),
+        ("means: [[1, 0]]\nstds: [1]\nweights: [1]\ncolour: red", "unknown field(s) colour"),
+        ("[1, 2, 3]", "expected a mapping"),
+        ("means: [1, 2\n", "not valid YAML or JSON"),
+    ],
+)
+def test_malformed_mixture_files_are_refused_in_one_line(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        GaussianMixture.from_file(path)
+    message = str(err.value)
+    assert fragment in message and str(path) in message and "\n" not in message
+
+
+def test_missing_mixture_file(tmp_path):
+    with pytest.raises(ConfigError, match="mixture file not found"):
+        GaussianMixture.from_file(tmp_path / "nope.yaml")
+
+
+def test_linear_tilt_is_m14():
+    """Component k moves by sigma_k^2 w / beta; its weight goes as pi_k exp(w.mu_k/beta + sigma_k^2 |w|^2 / (2 beta^2))."""
+    mix = GaussianMixture([[0.0, 1.0], [2.0, -1.0]], [0.5, 0.2], [0.4, 0.6])
+    w, beta = torch.tensor([1.0, -2.0], dtype=torch.float64), 0.8
+    tilted = mix.linear_tilt(w, beta)
+    torch.testing.assert_close(tilted.means, mix.means + (mix.stds**2)[:, None] * w / beta)
+    logits = mix.weights.log() + mix.means @ w / beta + mix.stds**2 * 5.0 / (2 * beta**2)
+    torch.testing.assert_close(tilted.weights, torch.softmax(logits, 0))

@@ -111,6 +111,35 @@ def test_tilted_score_is_reference_score_plus_drs():
     torch.testing.assert_close(ref(x_t, t) + s**2 / a * drs, star(x_t, t), rtol=1e-5, atol=1e-5)
 
 
+def test_exact_drs_of_a_direction_reward_in_8d_is_the_tilted_mixtures_denoiser():
+    """(M8) in 8-D: with r = w . x the optimum is the mixture of (M14), so D_ref + s^2/a DRS must be
+    its exact denoiser; the reward's direction has components off the modes' plane."""
+    ring = GaussianMixture.ring(6, 2.0, 0.1)
+    mix = GaussianMixture(torch.cat([ring.means, torch.zeros(6, 6, dtype=torch.float64)], 1), ring.stds, ring.weights)
+    w, beta = [1.0, 0.5, 0.3, -0.3, 0.2, 0.0, 0.1, 0.4], 0.6
+    ref, star = MixtureDenoiser(mix, VP), MixtureDenoiser(mix.linear_tilt(torch.tensor(w, dtype=torch.float64), beta), VP)
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(64, generator=g) * 0.9 + 0.05
+    x_t = 2 * torch.randn(64, 8, generator=g)
+    drs = ExactMixtureDRS(mix, LinearReward(direction=w), beta)(ref, x_t, t).drs
+    a, s = VP.alpha(t)[:, None], VP.sigma(t)[:, None]
+    torch.testing.assert_close(ref(x_t, t) + s**2 / a * drs, star(x_t, t), rtol=1e-4, atol=1e-4)
+
+
+def test_direction_nodes_match_the_tensor_grid_in_2d():
+    """A sigmoid along a direction: 1-D nodes along w give what the full 2-D grid gives."""
+    mix = GaussianMixture.ring(5, 2.0, 0.3)
+    reward = SigmoidReward(3.0, direction=[1.0, 1.0])
+    plain = lambda x, prompts=None: reward(x)  # noqa: E731  (no direction: the tensor-product grid)
+    ref = MixtureDenoiser(mix, VP)
+    g = torch.Generator().manual_seed(1)
+    t = torch.tensor([0.05, 0.2, 0.5, 0.8])
+    x_t = 2 * torch.randn(4, 2, generator=g)
+    along = ExactMixtureDRS(mix, reward, BETA)(ref, x_t, t).drs
+    grid = ExactMixtureDRS(mix, plain, BETA, nodes=48)(ref, x_t, t).drs
+    torch.testing.assert_close(along, grid, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("mix", [MIX, GaussianMixture.ring(4, 2.0, 0.5)], ids=["1d", "2d"])
 def test_drp_k1_is_the_first_order_form_of_m9(mix):
     """(M12) with k = 1: grad r(D_ref(x_t)) / beta = a / s^2 Cov[x_0 | x_t] grad r(E[x_0 | x_t]) / beta,

@@ -3,13 +3,17 @@
 Under (M1) a mixture stays a mixture: component k of q_t has mean a mu_k and variance
 a^2 sigma_k^2 + s^2, so the noised score, the posterior mean (M2) and the posterior
 p(x_0 | x_t) itself are closed form. With a reward, the tilted optimum p* (M6) has an exact
-density up to Z, computed by quadrature in 1-D and 2-D.
+density up to Z, computed by quadrature in 1-D and 2-D (:class:`TiltedDensity`), and in closed form
+for linear rewards in any dimension (:meth:`GaussianMixture.linear_tilt`, M14). A mixture can be
+read from a small YAML or JSON file (:meth:`GaussianMixture.from_file`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -44,11 +48,9 @@ class GaussianMixture:
     """sum_k w_k N(mu_k, sigma_k^2 I) in D dimensions (float64 for exact answers)."""
 
     def __init__(self, means, stds, weights):
-        means = torch.as_tensor(means, dtype=torch.float64)
-        if means.ndim == 1:
-            means = means[:, None]
-        stds = torch.as_tensor(stds, dtype=torch.float64).reshape(-1)
-        weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+        means = _as_matrix(means)
+        stds = _as_vector(stds, "stds")
+        weights = _as_vector(weights, "weights")
         k = means.shape[0]
         if not (stds.numel() == weights.numel() == k):
             raise ConfigError(f"mixture needs as many stds and weights as means ({k}); got {stds.numel()} and {weights.numel()}")
@@ -61,6 +63,23 @@ class GaussianMixture:
     @property
     def dim(self) -> int:
         return self.means.shape[1]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "GaussianMixture":
+        """Read ``means`` (K lists of d numbers), ``stds`` (K) and ``weights`` (K, summing to 1)
+        from a YAML or JSON file (JSON is YAML); any problem is one ConfigError naming the file."""
+        return cls(*read_mixture_file(path))
+
+    def to_lists(self) -> tuple[list[list[float]], list[float], list[float]]:
+        return self.means.tolist(), self.stds.tolist(), self.weights.tolist()
+
+    def linear_tilt(self, w: Tensor, beta: float) -> "GaussianMixture":
+        """The exact optimum (M6) for r(x) = w . x, in any dimension (M14): component k moves to
+        mu_k + sigma_k^2 w / beta, its weight to pi_k exp(w . mu_k / beta + sigma_k^2 |w|^2 / (2 beta^2))."""
+        w = torch.as_tensor(w, dtype=torch.float64).reshape(-1)
+        var = self.stds**2
+        logits = self.weights.log() + self.means @ w / beta + var * float(w @ w) / (2 * beta**2)
+        return GaussianMixture(self.means + var[:, None] * w / beta, self.stds, torch.softmax(logits, 0))
 
     @classmethod
     def ring(cls, n_modes: int = 8, radius: float = 3.0, std: float = 0.3) -> "GaussianMixture":
@@ -110,6 +129,61 @@ class GaussianMixture:
         return self.posterior(x_t, a, s).mean()
 
 
+def _as_matrix(means) -> Tensor:
+    """K x d means; a flat list is K one-dimensional means. Rows of unequal length are refused."""
+    if isinstance(means, (list, tuple)) and means and all(isinstance(m, (list, tuple)) for m in means):
+        lengths = sorted({len(m) for m in means})
+        if len(lengths) > 1 or lengths[0] == 0:
+            raise ConfigError(f"mixture means must be K lists of d numbers each, got rows of lengths {[len(m) for m in means]}")
+    try:
+        out = torch.as_tensor(means, dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"mixture means must be numbers (K, or K lists of d), got {means!r}") from None
+    if out.ndim == 1:
+        out = out[:, None]
+    if out.ndim != 2 or out.shape[0] == 0:
+        raise ConfigError(f"mixture means must be K numbers or K lists of d numbers, got shape {tuple(out.shape)}")
+    return out
+
+
+def _as_vector(values, name: str) -> Tensor:
+    try:
+        out = torch.as_tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"mixture {name} must be a list of numbers, got {values!r}") from None
+    if out.ndim > 1:
+        raise ConfigError(f"mixture {name} must be one number per component (a flat list), got shape {tuple(out.shape)}")
+    return out.reshape(-1)
+
+
+MIXTURE_FIELDS = ("means", "stds", "weights")
+
+
+def read_mixture_file(path: str | Path) -> tuple:
+    """(means, stds, weights) from a YAML / JSON file, checked by :class:`GaussianMixture`."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"mixture file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"mixture file {path}: not valid YAML or JSON ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"mixture file {path}: expected a mapping with fields {', '.join(MIXTURE_FIELDS)}")
+    missing = [f for f in MIXTURE_FIELDS if f not in data]
+    unknown = sorted(set(data) - set(MIXTURE_FIELDS))
+    if missing or unknown:
+        what = f"missing {', '.join(missing)}" if missing else f"unknown field(s) {', '.join(unknown)}"
+        raise ConfigError(f"mixture file {path}: {what}; expected exactly {', '.join(MIXTURE_FIELDS)}")
+    try:
+        GaussianMixture(data["means"], data["stds"], data["weights"])
+    except ConfigError as err:
+        raise ConfigError(f"mixture file {path}: {err}") from None
+    return data["means"], data["stds"], data["weights"]
+
+
 class MixtureDenoiser(Denoiser):
     """The exact posterior mean of a Gaussian mixture under a schedule: a Denoiser with no error."""
 
@@ -129,14 +203,16 @@ class MixtureDenoiser(Denoiser):
 
 
 class TiltedDensity:
-    """The exact tilted optimum p*(x) ∝ q_0(x) exp(r(x) / beta) (M6) on a quadrature grid (D <= 2)."""
+    """The exact tilted optimum p*(x) ∝ q_0(x) exp(r(x) / beta) (M6) on a quadrature grid (D <= 2).
+
+    The grid, log q_0 and r on it are computed once; :meth:`at` gives the optimum at another beta
+    from the same pieces (a bisection over beta costs one softmax per step).
+    """
 
     def __init__(self, mixture: GaussianMixture, reward, beta: float, points_per_dim: int | None = None):
-        if beta <= 0:
-            raise ConfigError(f"beta must be > 0, got {beta}")
         if mixture.dim > 2:
             raise ConfigError("the exact tilted density is computed on a grid, for 1-D and 2-D mixtures only")
-        self.mixture, self.reward, self.beta = mixture, reward, beta
+        self.mixture, self.reward = mixture, reward
         n = points_per_dim or (20001 if mixture.dim == 1 else 401)
         lo = (mixture.means - 8 * mixture.stds[:, None]).min(0).values
         hi = (mixture.means + 8 * mixture.stds[:, None]).max(0).values
@@ -145,20 +221,40 @@ class TiltedDensity:
         grids = torch.meshgrid(*axes, indexing="ij")
         self.points = torch.stack([g.reshape(-1) for g in grids], dim=1)
         self.cell = math.prod(float(ax[1] - ax[0]) for ax in axes)
-        log_q = mixture.log_prob(self.points)
+        self.log_q = mixture.log_prob(self.points)
         with torch.no_grad():
-            r = torch.as_tensor(reward(self.points.float())).to(torch.float64)
-        log_p = log_q + r / beta
+            self.rewards = torch.as_tensor(reward(self.points.float())).to(torch.float64)
+        self.ref_density = torch.exp(self.log_q)
+        self._set_beta(beta)
+
+    def _set_beta(self, beta: float) -> None:
+        if not beta > 0:
+            raise ConfigError(f"beta must be > 0, got {beta}")
+        self.beta = beta
+        log_p = self.log_q + self.rewards / beta
         self.log_z = torch.logsumexp(log_p, 0) + math.log(self.cell)
         self.density = torch.exp(log_p - self.log_z)
-        self.ref_density = torch.exp(log_q)
-        self.rewards = r
+
+    def at(self, beta: float) -> "TiltedDensity":
+        """The optimum at temperature ``beta`` on the same grid, without recomputing q_0 or r."""
+        out = copy.copy(self)
+        out._set_beta(beta)
+        return out
 
     def mean_reward(self) -> float:
         return float((self.density * self.rewards).sum() * self.cell)
 
     def probability(self, mask: Tensor) -> float:
         return float((self.density * mask).sum() * self.cell)
+
+    def mode_weights(self) -> Tensor:
+        """The mass of p* that each mixture component carries: pi_k E_{q_k}[exp(r / beta)] / Z."""
+        if not hasattr(self, "_log_comp"):  # (N, K) log pi_k q_k on the grid, shared by every beta
+            one = torch.ones(len(self.points), dtype=torch.float64)
+            means, var = self.mixture._noised(one, 0 * one)
+            self._log_comp = self.mixture._log_resp(self.points, means, var)
+        log_mass = torch.logsumexp(self._log_comp + (self.rewards / self.beta)[:, None], 0) + math.log(self.cell) - self.log_z
+        return log_mass.exp()
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Exact-to-grid samples: pick cells by mass, then jitter uniformly inside the cell."""

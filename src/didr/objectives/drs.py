@@ -180,8 +180,10 @@ class ExactMixtureDRS(DRSEstimator):
     """Exact DRS for a Gaussian-mixture reference, from (M9).
 
     p_ref(x_0 | x_t) is a mixture with closed-form components (see GaussianMixture.posterior);
-    the tilted posterior mean integrates exp(r / beta) against each component with tensor-product
-    Gauss-Hermite quadrature, which is exact to many digits for smooth rewards at every t.
+    the tilted posterior mean integrates exp(r / beta) against each component with Gauss-Hermite
+    quadrature, which is exact to many digits for smooth rewards at every t. A reward that varies
+    along one direction w only (r = f(w . x), the toy rewards) needs the nodes along w alone, so it
+    is exact in any dimension; any other reward uses a tensor-product grid (up to 3 dimensions).
     """
 
     needs_reward_grad = False
@@ -189,6 +191,15 @@ class ExactMixtureDRS(DRSEstimator):
     def __init__(self, mixture: GaussianMixture, reward, beta, nodes: int | None = None):
         super().__init__(reward, beta)
         self.mixture = mixture
+        direction = getattr(reward, "direction", None)
+        if direction is not None:  # a ridge reward: 1-D nodes along the unit direction
+            u = direction(mixture.dim)
+            xi, w = np.polynomial.hermite.hermgauss(nodes or 96)
+            self.xi = torch.tensor(xi, dtype=torch.float64)[:, None] * (u / u.norm())[None]  # (J, D)
+            self.log_nodes_w = torch.tensor(np.log(w) - 0.5 * math.log(math.pi), dtype=torch.float64)
+            return
+        if mixture.dim > 3:
+            raise ConfigError(f"the exact DRS of a reward without a direction needs a grid; {mixture.dim} dimensions are too many (at most 3)")
         nodes = nodes or (96 if mixture.dim == 1 else 24)
         xi, w = np.polynomial.hermite.hermgauss(nodes)
         grids = np.meshgrid(*([xi] * mixture.dim), indexing="ij")
