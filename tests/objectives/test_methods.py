@@ -10,7 +10,7 @@ from didr.diffusion.mixture import GaussianMixture, MixtureDenoiser
 from didr.diffusion.schedules import FlowMatchingSchedule, VPCosineSchedule
 from didr.errors import ConfigError
 from didr.objectives.drs import DRPEstimator, DRSEstimate, DRSEstimator, ExactMixtureDRS
-from didr.objectives.methods import DI, DIDR, DMD, OMEGAS, DIPlusPlus, DMDReward, ReFL
+from didr.objectives.methods import DI, DIDR, DMD, OMEGAS, DIPlusPlus, DMDReward, ReFL, equal_push_alpha
 from didr.rewards.toy import LinearReward, SigmoidReward
 
 VP = VPCosineSchedule()
@@ -152,6 +152,25 @@ def test_dmd_with_an_endpoint_reward_is_dmd_minus_alpha_mean_reward():
     (g_reward,) = torch.autograd.grad(reward(xr, None).mean(), xr)
     torch.testing.assert_close(g_r, g_dmd - 0.5 * g_reward, rtol=1e-5, atol=1e-8)
     assert DMDReward(VP, reward, alpha=0.5).normalise and "reward" in logs
+
+
+@pytest.mark.parametrize("omega", ["x0", "score"])
+def test_equal_push_alpha_matches_didrs_push_where_the_data_are_smooth(omega):
+    """(M13): on a very broad Gaussian, Cov[x_0 | x_t] ~ (s/a)^2 I, so DIDR's reward push on x_0,
+    averaged over its noise levels, is alpha grad r with alpha = E_t[omega] / beta. With TA =
+    reference the distribution-matching part vanishes and the exact-DRS gradient is that push alone."""
+    broad = MixtureDenoiser(GaussianMixture([[0.0, 0.0]], [30.0], [1.0]), VP)
+    w, beta, t_max = torch.tensor([1.0, -0.5]), 0.72, 0.4
+    didr = DIDR(VP, ExactMixtureDRS(broad.mixture, LinearReward(direction=w.tolist()), beta), omega=omega, t_max=t_max)
+    x0 = torch.randn(100_000, 2, generator=torch.Generator().manual_seed(12))
+    _, grad, _ = _grad(didr, x0, seed=13, ref=broad, ta=broad)
+    push = -grad.sum(0)  # d loss / d x0 summed over the batch: the mean push per sample
+    alpha = equal_push_alpha(VP, beta, omega, t_max=t_max)
+    torch.testing.assert_close(push.double(), alpha * w.double(), rtol=0.02, atol=0)
+    if omega == "x0":  # on the toy's t <= 0.4: about 0.2 for beta = 0.72, far from 1 / beta
+        assert 0.15 < alpha < 0.3
+    else:
+        assert alpha == pytest.approx(1 / beta)
 
 
 def test_refl_loss_is_minus_mean_reward():

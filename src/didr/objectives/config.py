@@ -9,7 +9,7 @@ from didr.config import require
 from didr.diffusion.schedules import NoiseSchedule
 from didr.errors import ConfigError
 from didr.objectives.drs import DRPEstimator, DRSEstimator, ExactMixtureDRS, HybridDRS, MonteCarloDRS
-from didr.objectives.methods import DI, DIDR, DMD, OMEGAS, DIPlusPlus, DMDReward, Objective, ReFL
+from didr.objectives.methods import DI, DIDR, DMD, OMEGAS, DIPlusPlus, DMDReward, Objective, ReFL, equal_push_alpha
 
 METHODS = ("di", "dipp", "didr", "dmd", "dmdr", "refl")
 ESTIMATORS = ("drp", "mc", "hybrid", "exact")
@@ -21,7 +21,7 @@ class MethodConfig:
 
     name: str = "didr"  # di | dipp | didr | dmd | dmdr (DMD + endpoint reward) | refl
     beta: float = 0.72  # DIDR's reward temperature (M6); the reward strength is 1 / beta
-    alpha: float = 1.0  # endpoint reward weight of DI++ and dmdr
+    alpha: float | None = None  # DI++ / dmdr endpoint reward weight; None: E_t[omega] / beta, the push of DIDR's (M13)
     drs: str = "drp"  # DRS estimator for DIDR: drp | mc | hybrid (DRP below t_switch, MC above) | exact (mixtures)
     drp_steps: int = 1  # k of (M12)
     drp_checkpoint: bool = False  # recompute the k reference calls in backward to bound memory
@@ -43,7 +43,7 @@ class MethodConfig:
         require(self.name in METHODS, f"{path}.name", f"unknown method {self.name!r}; choose one of {', '.join(METHODS)}")
         require(self.drs in ESTIMATORS, f"{path}.drs", f"unknown DRS estimator {self.drs!r}; choose one of {', '.join(ESTIMATORS)}")
         require(self.beta > 0, f"{path}.beta", f"must be > 0, got {self.beta}")
-        require(self.alpha >= 0, f"{path}.alpha", f"must be >= 0, got {self.alpha}")
+        require(self.alpha is None or self.alpha >= 0, f"{path}.alpha", f"must be >= 0, got {self.alpha}")
         require(self.drp_steps >= 1, f"{path}.drp_steps", f"must be >= 1, got {self.drp_steps}")
         require(self.mc_samples >= 2, f"{path}.mc_samples", f"must be >= 2, got {self.mc_samples}")
         require(self.mc_sampler_steps >= 1, f"{path}.mc_sampler_steps", f"must be >= 1, got {self.mc_sampler_steps}")
@@ -55,6 +55,13 @@ class MethodConfig:
             require(v is None or 0 < v <= 1, f"{path}.{name}", f"must be in (0, 1], got {v}")
         if self.t_min is not None and self.t_max is not None:
             require(self.t_min <= self.t_max, f"{path}.t_min", f"must be <= t_max = {self.t_max}, got {self.t_min}")
+
+
+def endpoint_alpha(cfg: MethodConfig, schedule: NoiseSchedule) -> float:
+    """``cfg.alpha``, or when unset the weight with DIDR's average push at ``cfg.beta`` (M13)."""
+    if cfg.alpha is not None:
+        return cfg.alpha
+    return equal_push_alpha(schedule, cfg.beta, cfg.omega, cfg.t_min, cfg.t_max)
 
 
 def build_estimator(cfg: MethodConfig, reward: Callable, mixture=None) -> DRSEstimator:
@@ -77,7 +84,7 @@ def build_objective(
     """The objective named by ``cfg.name``. ``mixture`` enables the exact DRS on toy problems;
     ``initial_generator`` (frozen) is ReFL's regression target, needed when
     ``cfg.needs_initial_generator``. An objective that cannot do what ``cfg`` asks is refused here."""
-    if cfg.name in ("dipp", "didr", "dmdr", "refl") and reward is None:
+    if cfg.name in ("dipp", "dmdr", "didr", "refl") and reward is None:
         raise ConfigError(f"method.name: {cfg.name!r} needs a reward")
     if cfg.needs_initial_generator and initial_generator is None:
         raise ConfigError(f"method.refl_reg: {cfg.refl_reg:g} regresses onto the frozen initial generator, which this experiment does not provide")
@@ -87,9 +94,9 @@ def build_objective(
     if cfg.name == "dmd":
         return DMD(schedule, **{**common, "normalise": True})
     if cfg.name == "dipp":
-        return DIPlusPlus(schedule, reward, cfg.alpha, **common)
+        return DIPlusPlus(schedule, reward, endpoint_alpha(cfg, schedule), **common)
     if cfg.name == "dmdr":
-        return DMDReward(schedule, reward, cfg.alpha, **{**common, "normalise": True})
+        return DMDReward(schedule, reward, endpoint_alpha(cfg, schedule), **{**common, "normalise": True})
     if cfg.name == "didr":
         return DIDR(schedule, build_estimator(cfg, reward, mixture), **common)
     return ReFL(reward, cfg.refl_reg, initial_generator)

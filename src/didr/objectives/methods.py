@@ -32,6 +32,22 @@ OMEGAS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+def equal_push_alpha(schedule: NoiseSchedule, beta: float, omega: str = "x0", t_min=None, t_max=None, samples: int = 200_000) -> float:
+    """The DI++ endpoint weight whose reward push on x_0, averaged over the generator's noise
+    levels, equals DIDR's at temperature ``beta`` where the data are smooth at the noise scale.
+
+    DIDR's reward part of the x_0 gradient is -omega a^2/s^2 (s^2/a) DRS, and with (M13)
+    (s^2/a) DRS ~ Cov[x_0 | x_t] grad r / beta ~ (s/a)^2 grad r / beta, it is -omega(t) grad r / beta
+    in the units of OMEGAS. DI++ pushes by -alpha grad r, so alpha = E_t[omega(t)] / beta, with t
+    drawn as the objective draws it. Under "x0" weighting on the toy's t <= 0.4 that is about
+    0.2 for beta = 0.72; under "score" weighting it is 1 / beta. On thin data Cov is small across
+    the data, so DIDR's push is smaller there: this is a starting point for a sweep, not a match.
+    """
+    t = sample_times(samples, schedule, generator=torch.Generator().manual_seed(0), t_min=t_min, t_max=t_max)
+    a, s = schedule.alpha(t).double(), schedule.sigma(t).double()
+    return float(OMEGAS[omega](a, s).mean()) / beta
+
+
 class Objective:
     """Base: ``uses_ta`` tells the training loop whether to run TA updates."""
 
@@ -132,7 +148,9 @@ class DIPlusPlus(ScoreDistillation):
 
 
 class DMDReward(DIPlusPlus):
-    """DMD with an endpoint reward: DMD2's normalised (M11) plus -alpha E[r(g(z))], as in DI++."""
+    """DMD with an endpoint reward: DMD2's normalised (M11) plus -alpha E[r(g(z))], as in DI++.
+    The normalisation changes the scale of the distribution-matching term, so alpha here has no
+    fixed relation to DI++'s alpha or to beta: sweep it."""
 
     name = "dmdr"
 
