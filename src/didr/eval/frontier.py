@@ -212,11 +212,21 @@ def _pm(mean: float, half: float) -> str:
     return f"{mean:.4g}" if not math.isfinite(half) else f"{mean:.4g} ± {half:.2g}"
 
 
-def plot_frontiers(points: list[Point], metrics: list[str], path, title: str = "", level: float = LEVEL, log_y: bool = False,
-                   references: dict[str, dict[str, float]] | None = None):
+def plot_frontiers(
+    points: list[Point],
+    metrics: list[str],
+    path,
+    title: str = "",
+    level: float = LEVEL,
+    log_y: bool = False,
+    references: dict[str, dict[str, float]] | None = None,
+    floors: dict[str, float] | None = None,
+    labels: dict[str, str] | None = None,
+):
     """One panel per metric: each method's points at (mean reward, mean error) with both intervals
     as error bars, joined in order of reward. Lower error at the same reward is better.
-    ``references``: single points to mark, e.g. {"teacher": {"reward": 0.1, "fid_real": 5.4}}."""
+    ``references``: single points to mark, e.g. {"teacher": {"reward": 0.1, "fid_real": 5.4}};
+    ``floors``: a dashed line per metric (e.g. what exact samples score); ``labels``: axis labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,10 +249,12 @@ def plot_frontiers(points: list[Point], metrics: list[str], path, title: str = "
         for k, (name, ref) in enumerate((references or {}).items()):
             if metric in ref and math.isfinite(ref[metric]):
                 ax.plot([ref["reward"]], [ref[metric]], marker="*", ms=10, ls="none", color="k", alpha=0.8 - 0.3 * k, label=name)
+        if floors and metric in floors:
+            ax.axhline(floors[metric], color="k", ls="--", lw=0.8)
         if log_y:
             ax.set_yscale("log")
         ax.set_xlabel("mean reward (higher is stronger alignment)")
-        ax.set_ylabel(f"{metric} (lower is better)")
+        ax.set_ylabel(f"{(labels or {}).get(metric, metric)} (lower is better)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, title=f"bars: {level:.0%} t-intervals over seeds", title_fontsize=7)
     if title:

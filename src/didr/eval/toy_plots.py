@@ -1,4 +1,4 @@
-"""Plots for the toy: each method's density against q_0 and p*, and the reward-distance Pareto plot."""
+"""Plots for the toy: each method's samples against q_0 and the exact optimum p*."""
 
 from __future__ import annotations
 
@@ -48,28 +48,34 @@ def plot_densities(samples: dict[str, np.ndarray], tilted: TiltedDensity, path: 
     return path
 
 
-def plot_pareto(points: list[dict], frontier: dict[str, list[float]], path: Path) -> Path:
-    """Left: mean reward against KL(p || q_0), with the exact RLHF frontier traced by p*_beta (M6).
-    Right: mean reward against W1 to the exact optimum with the same mean reward."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(frontier["kl_to_q0"], frontier["mean_reward"], "k-", lw=1, label=r"exact optimum $p^*_\beta$")
-    styles = {"didr": ("tab:red", "o"), "dipp": ("tab:blue", "s"), "refl": ("tab:green", "^"), "di": ("gray", "x")}
-    for method in dict.fromkeys(p["method"] for p in points):
-        pts = [p for p in points if p["method"] == method]
-        color, marker = styles.get(method, ("tab:purple", "d"))
-        kl = [p["kl_to_q0"] for p in pts]
-        r = [p["mean_reward"] for p in pts]
-        w1 = [p["w1_to_matched_pstar"] for p in pts]
-        ax1.plot(kl, r, marker=marker, color=color, ls="", label=method)
-        ax2.plot(w1, r, marker=marker, color=color, ls="", label=method)
-        for p, x, y in zip(pts, kl, r):
-            ax1.annotate(p["label"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    ax1.set_xlabel(r"KL(samples $\|$ $q_0$)")
-    ax1.set_ylabel("mean reward")
-    ax1.set_title("reward vs. distance from the reference")
-    ax2.set_xlabel(r"W1 to the exact $p^*$ with equal mean reward")
-    ax2.set_title("distance to the optimum at equal reward")
-    ax1.legend(fontsize=7)
+def plot_samples(samples: dict[str, np.ndarray], optimum, beta: float, path: Path, title: str = "") -> Path:
+    """Each method's samples over the data: :func:`plot_densities` in 1-D and 2-D; in more
+    dimensions, a scatter of the first two coordinates over the mode means, with the median
+    off-data distance (in mode stds) in each panel's title."""
+    from didr.diffusion.mixture import TiltedDensity
+    from didr.eval.toy_metrics import off_data_median
+
+    mix = optimum.mixture
+    if mix.dim <= 2:
+        tilted = TiltedDensity(mix, optimum.reward, beta)
+        return plot_densities({f"{k} (off-data {off_data_median(v, mix):.1f})": v for k, v in samples.items()}, tilted, path, title)
+    n = len(samples)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    means = mix.means.numpy()
+    exact = optimum.sample(2000, beta).numpy()
+    for ax, (name, x) in zip(axes.flat, samples.items()):
+        x = x.reshape(len(x), -1)
+        ax.scatter(exact[:, 0], exact[:, 1], s=2, color="tab:red", alpha=0.3, label="exact $p^*$")
+        ax.scatter(x[:2000, 0], x[:2000, 1], s=2, alpha=0.4, label="samples")
+        ax.plot(means[:, 0], means[:, 1], "k+", ms=6)
+        ax.set_title(f"{name} (off-data {off_data_median(x, mix):.1f})", fontsize=8)
+        ax.set_aspect("equal")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle((title + "; " if title else "") + f"first two of {mix.dim} coordinates", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,6 +1,6 @@
 """The paper's toy experiment (method.md §5) with exact answers.
 
-Stages, each cached under ``OUT/stages/`` so that reruns and sweeps skip them:
+Stages, each cached under ``OUT/stages/seed<N>/`` so that reruns and frontiers skip them:
 1. the reference: an MLP denoiser trained by DSM (M5) on samples of the mixture q_0, or the exact
    mixture denoiser (``reference: exact``), which isolates the alignment method's own error;
 2. the initial one-step generator: regression onto 30-step DDIM samples of the reference with
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from didr.config import require
+from didr.errors import ConfigError
 from didr.diffusion.losses import dsm_loss, sample_times
 from didr.diffusion.mixture import GaussianMixture, MixtureDenoiser
 from didr.diffusion.samplers import ddim_sample
@@ -37,13 +38,13 @@ from didr.train.loop import Alignment, Trainer
 class ToyConfig:
     """The ``toy`` section: the data mixture q_0, the reward, and the preparation stages."""
 
-    means: list[float] = field(default_factory=lambda: [-2.0, 2.0])  # 1-D mixture
-    stds: list[float] = field(default_factory=lambda: [0.5, 0.5])
+    means: list[float] | list[list[float]] = field(default_factory=lambda: [-2.0, 2.0])  # K numbers (1-D) or K lists of d
+    stds: list[float] = field(default_factory=lambda: [0.5, 0.5])  # one isotropic std per mode
     weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
     ring: int = 0  # > 0: a 2-D ring of this many equal modes instead of the 1-D mixture
     ring_radius: float = 3.0
     ring_std: float = 0.3
-    reward: str = "sigmoid:4"  # sigmoid:K | linear:C | step (no gradient: Monte-Carlo DRS only)
+    reward: str = "sigmoid:4"  # sigmoid:K[:w1,...,wd] | linear:C | linear:w1,...,wd | step (no gradient: Monte-Carlo DRS only)
     schedule: str = "vp-cosine"  # vp-cosine | flow | ve
     reference: str = "trained"  # trained | exact
     hidden: int = 128
@@ -64,9 +65,11 @@ class ToyConfig:
         for name in ("ref_steps", "ref_batch", "teacher_steps", "distill_batch", "eval_samples", "hidden", "depth"):
             require(getattr(self, name) >= 1, f"{path}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.distill_steps >= 0, f"{path}.distill_steps", f"must be >= 0, got {self.distill_steps}")
-        if self.ring == 0:
-            self.mixture()  # raises a ConfigError for bad stds / weights
-        parse_toy_reward(self.reward)
+        mixture = self.mixture()  # raises a ConfigError for bad shapes, stds or weights
+        try:
+            parse_toy_reward(self.reward).direction(mixture.dim)
+        except ConfigError as err:
+            raise ConfigError(f"{path}.reward: {err}") from None
 
     def mixture(self) -> GaussianMixture:
         if self.ring:
@@ -133,8 +136,11 @@ def distill_generator(generator: MLPGenerator, reference: nn.Module, cfg: ToyCon
         sched.step()
 
 
-def prepare_stages(cfg: ToyConfig, seed: int, stage_dir: Path | None, progress: bool = True) -> ToyStages:
+def prepare_stages(cfg: ToyConfig, seed: int, stage_root: Path | None, progress: bool = True) -> ToyStages:
+    """The reference and the initial generator of ``seed``, from ``stage_root/seed<seed>/`` when
+    they were made there with the same settings, else trained and saved there."""
     mixture = cfg.mixture()
+    stage_dir = stage_root / f"seed{seed}" if stage_root is not None else None
     schedule = make_schedule(cfg.schedule)
     torch.manual_seed(seed)
     net = MLPDenoiser(schedule, mixture.dim, cfg.hidden, cfg.depth, sigma_data=sigma_data(mixture))

@@ -1,10 +1,16 @@
 """``didr toy``: the paper's toy experiment with exact answers (method.md §5).
 
-    didr toy --out runs/toy                                   # the fast preset, all methods
+    didr toy --out runs/toy                                   # the fast preset, all methods, one seed
     didr toy --means=-2,2 --stds=0.5,0.5 --weights=0.5,0.5 --reward sigmoid:4 --beta 0.72 \\
              --methods didr,dipp,di,refl --preset paper --seed 0 --out runs/toy-paper
     didr toy --reference exact --out runs/toy-exact           # analytic reference score
-    didr toy --sweep-beta 0.25,0.5,1,2 --sweep-alpha 0.5,1,2,4 --out runs/toy-sweep
+    didr toy --mixture configs/mixtures/ring8-thin-8d.yaml --reward linear:1,0,0.5,0.5,0.5,0.5,0.5,0.5 --out runs/ring8d
+
+Frontiers: every method over its strength, 3 seeds, compared at equal reward (method.md §7):
+
+    didr toy --frontier --jobs 2 --out runs/frontier          # DIDR, DI++, ReFL, DMD + reward
+    didr toy --frontier --preset smoke --jobs 2 --out runs/smoke
+    didr toy --frontier --methods didr,didr:drp_steps=1,dipp --strengths dipp=0.05,0.1,0.2 --seeds 5 --out DIR
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from didr import config as cfgio
 from didr.errors import ConfigError
 
 DEFAULT_METHODS = "didr,dipp,di,refl"
+FRONTIER_METHODS = "didr,dipp,refl,dmdr"
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -30,8 +37,12 @@ def build_config(args: argparse.Namespace):
     from didr.experiments.config import RunConfig
     from didr.experiments.toy_run import apply_preset
 
+    from didr.diffusion.mixture import read_mixture_file
+
     data = cfgio.read_yaml(args.config) if args.config else {}
     toy = data.setdefault("toy", {})
+    if args.mixture is not None:
+        toy["means"], toy["stds"], toy["weights"] = read_mixture_file(args.mixture)
     if args.means is not None:
         toy["means"] = _floats(args.means, "--means")
     if args.stds is not None:
@@ -53,36 +64,73 @@ def build_config(args: argparse.Namespace):
     return cfgio.from_dict(RunConfig, data)
 
 
-def run(args: argparse.Namespace) -> int:
-    from didr.experiments.toy_run import run_toy
+def _strengths(items: list[str] | None) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for item in items or []:
+        label, sep, values = item.rpartition("=")
+        if not sep or not label:
+            raise ConfigError(f"--strengths {item!r}: expected METHOD=v1,v2,... (e.g. dipp=0.05,0.1,0.2)")
+        out[label] = _floats(values, f"--strengths {label}")
+        if not out[label]:
+            raise ConfigError(f"--strengths {label}: no values")
+    return out
 
+
+def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)  # every field checked before anything is written
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in (args.methods or (FRONTIER_METHODS if args.frontier else DEFAULT_METHODS)).split(",") if m.strip()]
     if not methods:
         raise ConfigError("--methods: name at least one method")
-    sweep_beta = _floats(args.sweep_beta, "--sweep-beta") if args.sweep_beta else None
-    sweep_alpha = _floats(args.sweep_alpha, "--sweep-alpha") if args.sweep_alpha else None
-    if sweep_beta and any(b <= 0 for b in sweep_beta):
-        raise ConfigError(f"--sweep-beta: every beta must be > 0, got {sweep_beta}")
-    if sweep_beta and not sweep_alpha:
-        sweep_alpha = [0.5, 1.0, 2.0, 4.0]
-    report = run_toy(cfg, methods, Path(args.out), sweep_beta=sweep_beta, sweep_alpha=sweep_alpha)
+    if args.frontier:
+        return _run_frontier(args, cfg, methods)
+    for flag in ("seeds", "jobs", "strengths"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag} is for frontiers: add --frontier")
+    from didr.experiments.toy_run import run_toy
+
+    report = run_toy(cfg, methods, Path(args.out))
     _print_summary(report, Path(args.out))
+    return 0
+
+
+def _run_frontier(args: argparse.Namespace, cfg, methods: list[str]) -> int:
+    import shlex
+
+    from didr.experiments.toy_frontier import run_frontier
+    from didr.experiments.toy_run import parse_method
+
+    specs = [parse_method(m, cfg.method) for m in methods]
+    seeds_n = 3 if args.seeds is None else args.seeds
+    if seeds_n < 2:
+        raise ConfigError(f"--seeds: intervals need at least 2 seeds, got {seeds_n}")
+    jobs = 1 if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+    seeds = [cfg.train.seed + i for i in range(seeds_n)]
+    command = "didr " + shlex.join(getattr(args, "argv", None) or ["toy", "--out", args.out])
+    report = run_frontier(cfg, specs, Path(args.out), seeds=seeds, strengths=_strengths(args.strengths), jobs=jobs, command=command)
+    floor = report["floor"]
+    print(f"exact optimum ({report['exact']['method']}): mean reward {report['exact']['mean_reward']:.4g} at beta {report['exact']['beta']:g}")
+    print(f"initial generator off-data median {', '.join(f'{v:.2f}' for v in floor['initial_off_data_median'])} stds "
+          f"(exact {sum(floor['exact_off_data_median']) / len(seeds):.2f}): floor criterion {'met' if floor['met'] else 'NOT met'}")
+    for c in report["comparisons"]:
+        print("- " + c["summary"])
+    print(f"wrote {Path(args.out) / 'frontier.md'}, frontier.png, samples.png and frontier.json ({report['seconds']:.0f} s)")
     return 0
 
 
 def _print_summary(report: dict, out: Path) -> None:
     res = report["results"]
-    exact = res["pstar"]["exact"]
-    print(f"exact p*: frac x>0 {exact['frac_positive']:.3f}, mean reward {exact['mean_reward']:.3f}")
-    print(f"{'row':<24}{'frac x>0':>10}{'mean r':>9}{'W1 p*':>9}{'KL p*':>9}{'low-dens':>10}")
-    for name in ["q0", "reference_teacher", "initial_generator", *report["methods"]]:
+    print(f"exact p* ({report['exact_method']}): mean reward {res['pstar']['exact']['mean_reward']:.3f}")
+    print(f"{'row':<24}{'mean r':>9}{'frac>0':>8}{'off-data':>9}{'beta_eq':>9}{'W1 eq':>8}{'TV eq':>8}{'off eq':>8}")
+    for name in ["pstar", "q0", "reference_teacher", "initial_generator", *report["methods"]]:
         r = res[name]
-        print(f"{name:<24}{r['frac_positive']:>10.3f}{r['mean_reward']:>9.3f}{r['w1_to_pstar']:>9.3f}{r['kl_to_pstar']:>9.3f}{r['low_density_mass']:>10.3f}")
+        print(f"{name:<24}{r['mean_reward']:>9.3f}{r['frac_positive']:>8.3f}{r['off_data_median']:>9.2f}{r['beta_equal']:>9.3g}"
+              f"{r['w1_equal']:>8.3f}{r['mode_tv_equal']:>8.3f}{r['off_data_equal']:>+8.2f}")
     print(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
 
 
@@ -91,20 +139,25 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", help="optional YAML run config to start from (e.g. configs/toy.yaml)")
+    p.add_argument("--mixture", help="YAML/JSON file with means (K lists of d numbers), stds (K) and weights (K)")
     p.add_argument("--means", help="1-D mixture means, comma-separated (default -2,2)")
     p.add_argument("--stds", help="mixture standard deviations (default 0.5,0.5)")
     p.add_argument("--weights", help="mixture weights, summing to 1 (default 0.5,0.5)")
     p.add_argument("--ring", type=int, help="use a 2-D ring of this many modes instead")
-    p.add_argument("--reward", help="sigmoid:K | linear:C | step (default sigmoid:4)")
+    p.add_argument("--reward", help="sigmoid:K[:w1,...,wd] | linear:C | linear:w1,...,wd | step (default sigmoid:4)")
     p.add_argument("--beta", type=float, help="DIDR temperature (default 0.72)")
     p.add_argument("--drs", help="DIDR's DRS estimator: drp | mc | hybrid | exact")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, each NAME or NAME:field=value:... (default {DEFAULT_METHODS})")
-    p.add_argument("--preset", default="fast", help="fast (minutes on a laptop CPU) | paper (the appendix schedule)")
+    p.add_argument("--methods", help=f"comma-separated, each NAME or NAME:field=value:... (default {DEFAULT_METHODS}; "
+                                     f"with --frontier {FRONTIER_METHODS})")
+    p.add_argument("--preset", default="fast", help="fast (minutes on a laptop CPU) | smoke (a quick check) | paper (the appendix schedule)")
     p.add_argument("--reference", help="trained (default) | exact (the mixture's analytic score)")
     p.add_argument("--schedule", help="vp-cosine (default) | flow | ve")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--sweep-beta", help="also run DIDR at these betas and draw the Pareto plot")
-    p.add_argument("--sweep-alpha", help="DI++ endpoint weights for the sweep (default 0.5,1,2,4)")
+    p.add_argument("--frontier", action="store_true", help="sweep each method over its strength with several seeds and compare at equal reward")
+    p.add_argument("--seeds", type=int, help="frontier: number of seeds, from --seed on (default 3)")
+    p.add_argument("--jobs", type=int, help="frontier: runs in parallel, one process of one torch thread each (default 1)")
+    p.add_argument("--strengths", action="append", metavar="METHOD=V1,V2,...",
+                   help="frontier: a method's grid of its strength (didr: beta, dipp / dmdr: alpha, refl: refl_reg); repeatable")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest when other work shares the cores)")
