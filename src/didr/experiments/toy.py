@@ -86,7 +86,14 @@ class ToyStages:
     reference: nn.Module  # the target's reference denoiser (trained network or exact)
     reference_net: MLPDenoiser  # the trained network, the TA's initialisation
     generator: MLPGenerator  # the initial one-step generator
-    teacher_samples: torch.Tensor  # 30-step DDIM samples of the reference, for the report
+    eval_samples: int
+    seed: int
+    teacher_steps: int = 30
+
+    def teacher_samples(self) -> torch.Tensor:
+        """The reference's own samples (DDIM, ``teacher_steps``), for the report; made on demand."""
+        z = torch.randn(self.eval_samples, self.mixture.dim, generator=torch.Generator().manual_seed(self.seed + 3))
+        return teacher(self.reference, z, self.teacher_steps)
 
 
 def sigma_data(mixture: GaussianMixture) -> float:
@@ -156,8 +163,7 @@ def prepare_stages(cfg: ToyConfig, seed: int, stage_root: Path | None, progress:
     gen_key = digest({**base, "reference": cfg.reference, "seed": seed})
     path = stage_dir / f"generator_init_{cfg.reference}.safetensors" if stage_dir else None
     cached_module(path, gen_key, generator, lambda: distill_generator(generator, reference, cfg, seed, progress))
-    z = torch.randn(cfg.eval_samples, mixture.dim, generator=torch.Generator().manual_seed(seed + 3))
-    return ToyStages(mixture, schedule, reference, net, generator, teacher(reference, z, cfg.teacher_steps))
+    return ToyStages(mixture, schedule, reference, net, generator, cfg.eval_samples, seed, cfg.teacher_steps)
 
 
 def align(stages: ToyStages, method: MethodConfig, train: TrainConfig, reward, out_dir: Path | None = None, desc: str | None = None) -> nn.Module:

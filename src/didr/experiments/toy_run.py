@@ -109,7 +109,7 @@ def run_toy(cfg: RunConfig, methods: list[str], out_dir: Path) -> dict:
     results: dict = {
         "pstar": {**_row(optimum.sample(n, beta, gen), optimum, reward, beta), "exact": exact_figures(optimum, beta)},
         "q0": _row(stages.mixture.sample(n, gen), optimum, reward, beta),
-        "reference_teacher": _row(stages.teacher_samples, optimum, reward, beta),
+        "reference_teacher": _row(stages.teacher_samples(), optimum, reward, beta),
         "initial_generator": _row(generate(stages.generator, n, dim, seed + 5), optimum, reward, beta),
     }
     results["stages_seconds"] = round(time.perf_counter() - t0, 2)
