@@ -162,7 +162,8 @@ def _figures(x, optimum, reward) -> dict:
 
 
 def run_key(cfg: RunConfig, method: MethodConfig, seed: int) -> str:
-    return digest({"toy": asdict(cfg.toy), "train": {**asdict(cfg.train), "progress": False}, "method": asdict(method), "seed": seed})
+    """What decides a run's result: the toy, the loop's settings, the method, and the seed."""
+    return digest({"toy": asdict(cfg.toy), "train": {**asdict(cfg.train), "seed": seed, "progress": False}, "method": asdict(method)})
 
 
 def run_path(out_dir: Path, setting: Setting, seed: int) -> Path:
@@ -170,10 +171,15 @@ def run_path(out_dir: Path, setting: Setting, seed: int) -> Path:
 
 
 def cached_run(out_dir: Path, cfg: RunConfig, setting: Setting, seed: int) -> dict | None:
+    """The figures of a finished run made with these settings, or None."""
     path = run_path(out_dir, setting, seed)
-    if load_stage(path, run_key(cfg, setting.method, seed)) is None:
+    if not path.is_file():
         return None
-    return json.loads(stage_metadata(path)["row"])
+    try:
+        meta = stage_metadata(path)
+    except Exception:  # an unreadable file is a run to do again (writes are atomic, so this is rare)
+        return None
+    return json.loads(meta["row"]) if meta.get("key") == run_key(cfg, setting.method, seed) else None
 
 
 def run_task(config: dict, method: dict, label: str, name: str, path: str, seed: int, out_dir: str) -> dict:
