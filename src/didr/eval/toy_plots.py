@@ -49,14 +49,15 @@ def plot_densities(samples: dict[str, np.ndarray], tilted: TiltedDensity, path: 
 
 
 def plot_samples(samples: dict[str, np.ndarray], optimum, beta: float, path: Path, title: str = "") -> Path:
-    """Each method's samples over the data: :func:`plot_densities` in 1-D and 2-D; in more
-    dimensions, a scatter of the first two coordinates over the mode means, with the median
-    off-data distance (in mode stds) in each panel's title."""
+    """Each method's samples over the data: histograms against q_0 and p* (:func:`plot_densities`)
+    in 1-D; in more dimensions, a scatter of the first two coordinates over exact samples of p* and
+    the mode means (a contour plot cannot show modes this thin). Each panel's title gives the median
+    off-data distance in mode stds."""
     from didr.diffusion.mixture import TiltedDensity
     from didr.eval.toy_metrics import off_data_median
 
     mix = optimum.mixture
-    if mix.dim <= 2:
+    if mix.dim == 1:
         tilted = TiltedDensity(mix, optimum.reward, beta)
         return plot_densities({f"{k} (off-data {off_data_median(v, mix):.1f})": v for k, v in samples.items()}, tilted, path, title)
     n = len(samples)
@@ -67,7 +68,7 @@ def plot_samples(samples: dict[str, np.ndarray], optimum, beta: float, path: Pat
     exact = optimum.sample(2000, beta).numpy()
     for ax, (name, x) in zip(axes.flat, samples.items()):
         x = x.reshape(len(x), -1)
-        ax.scatter(exact[:, 0], exact[:, 1], s=2, color="tab:red", alpha=0.3, label="exact $p^*$")
+        ax.scatter(exact[:, 0], exact[:, 1], s=2, color="tab:red", alpha=0.3, label=f"exact $p^*$ ($\\beta$ = {beta:g})")
         ax.scatter(x[:2000, 0], x[:2000, 1], s=2, alpha=0.4, label="samples")
         ax.plot(means[:, 0], means[:, 1], "k+", ms=6)
         ax.set_title(f"{name} (off-data {off_data_median(x, mix):.1f})", fontsize=8)
@@ -75,7 +76,8 @@ def plot_samples(samples: dict[str, np.ndarray], optimum, beta: float, path: Pat
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle((title + "; " if title else "") + f"first two of {mix.dim} coordinates", fontsize=9)
+    note = "" if mix.dim == 2 else f"first two of {mix.dim} coordinates"
+    fig.suptitle("; ".join(t for t in (title, note) if t), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
