@@ -119,10 +119,12 @@ def toy_metrics(samples, optimum: Optimum, reward, beta: float, n_ref: int = N_R
     }
 
 
-def sampling_floor(optimum: Optimum, beta: float, n: int, n_ref: int = N_REFERENCE, seed: int = 1) -> dict[str, float]:
-    """The distances of ``n`` exact samples of p*_beta: what a perfect run would score."""
+def sampling_floor(optimum: Optimum, reward, beta: float, n: int, n_ref: int = N_REFERENCE, seed: int = 1) -> dict[str, float]:
+    """What a perfect run scores: the errors at equal reward of ``n`` exact samples of p*_beta,
+    measured exactly as a run's are (their own beta' fitted from their mean reward)."""
     exact = optimum.sample(n, beta, torch.Generator().manual_seed(seed + 1000))
-    return distances(exact, optimum, beta, n_ref, seed)
+    out = error_at_equal_reward(exact, optimum, reward, n_ref, seed)
+    return {k[: -len("_equal")]: v for k, v in out.items() if k in ("w1_equal", "mode_tv_equal", "off_data_equal")}
 
 
 def exact_figures(optimum: Optimum, beta: float) -> dict[str, float]:

@@ -304,7 +304,7 @@ def build_report(cfg: RunConfig, settings: list[Setting], seeds: list[int], rows
             "exact_off_data_median": [r["q0_off_data_median"] for r in stage_rows],
             "criterion_stds": FLOOR_STDS,
             "met": all(g <= FLOOR_STDS for g in floor_gap),
-            "sampling": tm.sampling_floor(optimum, beta, n),
+            "sampling": tm.sampling_floor(optimum, reward, beta, n),
         },
         "points": [{"method": p.method, "setting": p.setting, "seeds": p.seeds, "reward": p.reward.tolist(),
                     "errors": {k: v.tolist() for k, v in p.errors.items()},
