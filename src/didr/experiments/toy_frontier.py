@@ -57,7 +57,7 @@ METRICS = ["w1", "mode_tv", "off_data"]
 METRIC_NAMES = {
     "w1": "W1 (sliced in d > 1) to p* of equal reward",
     "mode_tv": "mode weights: TV to p* of equal reward",
-    "off_data": "off-data excess (stds) over p* of equal reward",
+    "off_data": "|off-data median - p*'s| (stds), p* of equal reward",
 }
 #: the generator can draw the data when its initial samples' median off-data distance is within
 #: this many mode stds of exact samples' (method.md §7; otherwise every figure carries that floor)
@@ -272,6 +272,12 @@ def _machine() -> str:
     return f"{platform.machine()} CPU, one torch thread per process, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
 
 
+def error(row: dict, metric: str) -> float:
+    """A run's error on ``metric`` at equal reward; the off-data figure counts either direction."""
+    value = row[f"{metric}_equal"]
+    return abs(value) if metric == "off_data" else value
+
+
 def build_report(cfg: RunConfig, settings: list[Setting], seeds: list[int], rows: dict, stage_rows: list[dict]) -> dict:
     optimum = _optimum(cfg)
     reward = parse_toy_reward(cfg.toy.reward)
@@ -279,7 +285,7 @@ def build_report(cfg: RunConfig, settings: list[Setting], seeds: list[int], rows
     floor_gap = [r["initial_off_data_median"] - r["q0_off_data_median"] for r in stage_rows]
     points = [
         Point(s.label, s.name, [rows[s, seed]["mean_reward"] for seed in seeds],
-              {m: [rows[s, seed][f"{m}_equal"] for seed in seeds] for m in METRICS}, list(seeds))
+              {m: [error(rows[s, seed], m) for seed in seeds] for m in METRICS}, list(seeds))
         for s in settings
     ]
     labels = list(dict.fromkeys(s.label for s in settings))
@@ -304,13 +310,15 @@ def build_report(cfg: RunConfig, settings: list[Setting], seeds: list[int], rows
             "exact_off_data_median": [r["q0_off_data_median"] for r in stage_rows],
             "criterion_stds": FLOOR_STDS,
             "met": all(g <= FLOOR_STDS for g in floor_gap),
-            "sampling": tm.sampling_floor(optimum, reward, beta, n),
+            "sampling": {k: abs(v) for k, v in tm.sampling_floor(optimum, reward, beta, n).items()},
         },
         "points": [{"method": p.method, "setting": p.setting, "seeds": p.seeds, "reward": p.reward.tolist(),
                     "errors": {k: v.tolist() for k, v in p.errors.items()},
                     "beta_equal": [rows[s, seed]["beta_equal"] for seed in seeds],
+                    "off_data_signed": [rows[s, seed]["off_data_equal"] for seed in seeds],
                     "seconds": [rows[s, seed]["train_seconds"] + rows[s, seed]["eval_seconds"] for seed in seeds]}
                    for p, s in zip(points, settings)],
+        "run_seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in rows.values()), 1),
         "comparisons": comparisons,
     }
 
@@ -372,15 +380,19 @@ def render_frontier(report: dict) -> str:
         f"(q0: {exact['q0_mean_reward']:.4g}).",
         "",
         f"Command: `{report.get('command', '')}`  ",
-        f"Machine: {report.get('machine', '')}; {report.get('jobs', 1)} process(es). Wall time {report.get('seconds', 0):.0f} s "
-        f"(stages {report.get('stage_seconds', 0):.0f} s; {report.get('runs_trained', 0)} runs trained, the rest cached).",
+        f"Machine: {report.get('machine', '')}; {report.get('jobs', 1)} process(es). This invocation: {report.get('seconds', 0):.0f} s wall "
+        f"(stages {report.get('stage_seconds', 0):.0f} s; {report.get('runs_trained', 0)} runs trained, the rest cached). "
+        f"The {len(report['points']) * len(seeds)} runs took {report['run_seconds']:.0f} s of compute in all, one process each, when they ran.",
         "",
         floor_line,
         f"Sampling floor (exact samples of p*, {cfg['toy']['eval_samples']} of them): W1 {samp['w1']:.3g}, mode TV {samp['mode_tv']:.3g}, "
-        f"off-data {samp['off_data']:+.3g}.",
+        f"off-data {samp['off_data']:.3g}.",
         "",
         "Each run's error is measured against the exact optimum p*_beta' with the run's own mean reward "
-        "(beta' fitted per run); the optimum scores 0. Mean ± 95% t-interval over seeds.",
+        "(beta' fitted per run); the optimum scores 0. w1: W1 (sliced over 64 directions in d > 1); mode_tv: total "
+        "variation between the fractions of samples nearest each mode and p*'s mode weights; off_data: |median distance "
+        "to the nearest mode - exact samples'|, in mode stds (signed in frontier.json: above 0, the samples leave the data). "
+        "Mean ± 95% t-interval over seeds.",
         "",
         *points_table(points, METRICS),
         "",
