@@ -24,7 +24,7 @@ from scipy.stats import wasserstein_distance
 from didr.diffusion.mixture import GaussianMixture
 from didr.diffusion.optimum import Optimum
 
-N_REFERENCE = 50_000  # exact samples that the W1 and off-data figures compare against
+N_REFERENCE = 50_000  # at most this many exact samples for the W1 and off-data figures to compare against
 N_PROJECTIONS = 64
 
 
@@ -83,8 +83,10 @@ def mean_reward(samples, reward) -> float:
         return float(reward(torch.as_tensor(_np(samples), dtype=torch.float32)).double().mean())
 
 
-def distances(samples, optimum: Optimum, beta: float, n_ref: int = N_REFERENCE, seed: int = 0) -> dict[str, float]:
-    """W1 / sliced W1, mode-weight TV and off-data excess of ``samples`` against p*_beta."""
+def distances(samples, optimum: Optimum, beta: float, n_ref: int | None = None, seed: int = 0) -> dict[str, float]:
+    """W1 / sliced W1, mode-weight TV and off-data excess of ``samples`` against p*_beta, using
+    ``n_ref`` exact samples (default: five times as many as ``samples``, 10,000 to N_REFERENCE)."""
+    n_ref = n_ref or min(N_REFERENCE, max(10_000, 5 * len(samples)))
     exact = optimum.sample(n_ref, beta, torch.Generator().manual_seed(seed))
     mix = optimum.mixture
     return {
@@ -94,7 +96,7 @@ def distances(samples, optimum: Optimum, beta: float, n_ref: int = N_REFERENCE, 
     }
 
 
-def error_at_equal_reward(samples, optimum: Optimum, reward, n_ref: int = N_REFERENCE, seed: int = 0) -> dict[str, float]:
+def error_at_equal_reward(samples, optimum: Optimum, reward, n_ref: int | None = None, seed: int = 0) -> dict[str, float]:
     """The run's distances to p*_beta', where beta' gives the exact optimum the run's mean reward."""
     r = mean_reward(samples, reward)
     beta = optimum.fit_beta(r)
@@ -105,7 +107,7 @@ def error_at_equal_reward(samples, optimum: Optimum, reward, n_ref: int = N_REFE
     return out
 
 
-def toy_metrics(samples, optimum: Optimum, reward, beta: float, n_ref: int = N_REFERENCE, seed: int = 0) -> dict[str, float]:
+def toy_metrics(samples, optimum: Optimum, reward, beta: float, n_ref: int | None = None, seed: int = 0) -> dict[str, float]:
     """Every figure of one set of samples: reward, fraction past the boundary, off-data median,
     distances to p* at ``beta`` (the run's configured temperature) and at equal reward."""
     own = distances(samples, optimum, beta, n_ref, seed)
@@ -119,7 +121,7 @@ def toy_metrics(samples, optimum: Optimum, reward, beta: float, n_ref: int = N_R
     }
 
 
-def sampling_floor(optimum: Optimum, reward, beta: float, n: int, n_ref: int = N_REFERENCE, seed: int = 1) -> dict[str, float]:
+def sampling_floor(optimum: Optimum, reward, beta: float, n: int, n_ref: int | None = None, seed: int = 1) -> dict[str, float]:
     """What a perfect run scores: the errors at equal reward of ``n`` exact samples of p*_beta,
     measured exactly as a run's are (their own beta' fitted from their mean reward)."""
     exact = optimum.sample(n, beta, torch.Generator().manual_seed(seed + 1000))
