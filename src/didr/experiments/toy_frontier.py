@@ -15,7 +15,7 @@ resumes where it was. ``jobs`` independent runs go to that many processes of one
 
 Each run's error is measured against the exact optimum with the same mean reward, p*_beta'
 (:func:`didr.eval.toy_metrics.error_at_equal_reward`): W1 (sliced W1 in d > 1), the mode
-weights' total variation, and the off-data excess. The optimum scores 0 on all three.
+weights' total variation, and the off-data error (see :func:`error`). The optimum scores 0 on all three.
 
 Files under OUT: ``stages/seed<s>/``, ``runs/<method>/<setting>/seed<s>.safetensors`` (samples
 (N, d), figures in the metadata), ``frontier.json``, ``frontier.md``, ``frontier.png``, ``samples.png``.
