@@ -74,6 +74,14 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     return {"case": name, "command": "didr " + shlex.join(cli), "seconds": round(seconds, 1), "runs_trained": trained}
 
 
+def compute(report: dict) -> str:
+    """The case's compute: all its runs' CPU time where recorded (reports from before that field
+    give this invocation's wall time and how many runs it trained)."""
+    if "run_seconds" in report:
+        return f"its runs took {report['run_seconds'] / 60:.0f} min of compute. "
+    return f"{report['seconds'] / 60:.1f} min wall, {report['runs_trained']} runs trained. "
+
+
 def render_index() -> str:
     root = RESULTS / "toy_frontiers"
     invocations = json.loads((root / "invocations.json").read_text()) if (root / "invocations.json").is_file() else []
@@ -101,8 +109,8 @@ def render_index() -> str:
             "",
             f"## {case_dir.name}",
             "",
-            f"`{report['command']}`: {len(report['seeds'])} seeds, {report['jobs']} processes; its runs took "
-            f"{report.get('run_seconds', 0) / 60:.0f} min of compute. Details: [{case_dir.name}/frontier.md]({case_dir.name}/frontier.md).",
+            f"`{report['command']}`: {len(report['seeds'])} seeds, {report['jobs']} processes; {compute(report)}"
+            f"Details: [{case_dir.name}/frontier.md]({case_dir.name}/frontier.md).",
             "",
             f"Initial generator's median off-data distance: {', '.join(f'{v:.2f}' for v in floor['initial_off_data_median'])} stds "
             f"(exact {sum(floor['exact_off_data_median']) / len(floor['exact_off_data_median']):.2f}); "
