@@ -154,6 +154,19 @@ def test_dmd_with_an_endpoint_reward_is_dmd_minus_alpha_mean_reward():
     assert DMDReward(VP, reward, alpha=0.5).normalise and "reward" in logs
 
 
+def test_configured_dmd_with_reward_normalises_and_dipp_does_not():
+    """Built from a MethodConfig (whose normalise defaults to False), dmdr still normalises as DMD2
+    does; an unset alpha is the derived default for both endpoint-reward methods."""
+    from didr.objectives.config import MethodConfig, build_objective
+
+    reward = SigmoidReward(4.0)
+    dmdr = build_objective(MethodConfig(name="dmdr", t_max=0.4), VP, reward)
+    dipp = build_objective(MethodConfig(name="dipp", t_max=0.4), VP, reward)
+    assert isinstance(dmdr, DMDReward) and dmdr.normalise and not dipp.normalise
+    assert dmdr.alpha == dipp.alpha == pytest.approx(equal_push_alpha(VP, 0.72, "x0", t_max=0.4))
+    assert build_objective(MethodConfig(name="dipp", alpha=2.0), VP, reward).alpha == 2.0
+
+
 @pytest.mark.parametrize("omega", ["x0", "score"])
 def test_equal_push_alpha_matches_didrs_push_where_the_data_are_smooth(omega):
     """(M13): on a very broad Gaussian, Cov[x_0 | x_t] ~ (s/a)^2 I, so DIDR's reward push on x_0,
