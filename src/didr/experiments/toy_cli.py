@@ -8,7 +8,7 @@
 
 Frontiers: every method over its strength, 3 seeds, compared at equal reward (method.md §7):
 
-    didr toy --frontier --jobs 2 --out runs/frontier          # DIDR, DI++, ReFL, DMD + reward
+    didr toy --frontier --jobs 2 --out runs/frontier          # DIDR, DI++, ReFL
     didr toy --frontier --preset smoke --jobs 2 --out runs/smoke
     didr toy --frontier --methods didr,didr:drp_steps=1,dipp --strengths dipp=0.05,0.1,0.2 --seeds 5 --out DIR
 """
@@ -22,7 +22,7 @@ from didr import config as cfgio
 from didr.errors import ConfigError
 
 DEFAULT_METHODS = "didr,dipp,di,refl"
-FRONTIER_METHODS = "didr,dipp,refl,dmdr"
+FRONTIER_METHODS = "didr,dipp,refl"  # dmdr has no default grid checked to overlap DIDR's rewards
 
 
 def _floats(text: str, flag: str) -> list[float]:
