@@ -143,17 +143,17 @@ def distill_generator(generator: MLPGenerator, reference: nn.Module, cfg: ToyCon
         sched.step()
 
 
-def prepare_stages(cfg: ToyConfig, seed: int, stage_root: Path | None, progress: bool = True) -> ToyStages:
-    """The reference and the initial generator of ``seed``, from ``stage_root/seed<seed>/`` when
-    they were made there with the same settings, else trained and saved there."""
+def prepare_stages(cfg: ToyConfig, seed: int, stage_dir: Path | None, progress: bool = True) -> ToyStages:
+    """The reference and the initial generator of ``seed``, from ``stage_dir/seed<seed>/`` when
+    they were made there with the same settings, else trained and saved there (None: not cached)."""
     mixture = cfg.mixture()
-    stage_dir = stage_root / f"seed{seed}" if stage_root is not None else None
+    seed_dir = stage_dir / f"seed{seed}" if stage_dir is not None else None
     schedule = make_schedule(cfg.schedule)
     torch.manual_seed(seed)
     net = MLPDenoiser(schedule, mixture.dim, cfg.hidden, cfg.depth, sigma_data=sigma_data(mixture))
     base = {k: v for k, v in asdict(cfg).items() if k not in ("reward", "eval_samples", "reference")}
     ref_key = digest({**{k: base[k] for k in base if not k.startswith(("distill", "teacher"))}, "seed": seed})
-    path = stage_dir / "reference.safetensors" if stage_dir else None
+    path = seed_dir / "reference.safetensors" if seed_dir else None
     cached_module(path, ref_key, net, lambda: train_reference(net, mixture, cfg, seed, progress))
     net.requires_grad_(False).eval()
     reference = MixtureDenoiser(mixture, schedule) if cfg.reference == "exact" else net
@@ -161,7 +161,7 @@ def prepare_stages(cfg: ToyConfig, seed: int, stage_root: Path | None, progress:
     torch.manual_seed(seed + 2)
     generator = MLPGenerator(mixture.dim, cfg.hidden, cfg.depth)
     gen_key = digest({**base, "reference": cfg.reference, "seed": seed})
-    path = stage_dir / f"generator_init_{cfg.reference}.safetensors" if stage_dir else None
+    path = seed_dir / f"generator_init_{cfg.reference}.safetensors" if seed_dir else None
     cached_module(path, gen_key, generator, lambda: distill_generator(generator, reference, cfg, seed, progress))
     return ToyStages(mixture, schedule, reference, net, generator, cfg.eval_samples, seed, cfg.teacher_steps)
 
