@@ -228,3 +228,89 @@ def test_four_step_preset_trains_one_step_on_its_own_earlier_steps(tmp_path, zim
     with torch.no_grad():
         gen.eval()(z, cond)
     assert len(grad_modes) == 4
+
+
+def frozen_storage(*nets) -> int:
+    """Bytes of distinct frozen (non-adapter) tensors held by the networks."""
+    seen = {}
+    for net in nets:
+        for name, p in net.named_parameters():
+            if "lora_" not in name:
+                seen[p.data_ptr()] = p.numel() * p.element_size()
+    return sum(seen.values())
+
+
+def test_lora_generator_over_the_reference_holds_one_base(tmp_path, sdxl_run):
+    """The tiny SDXL preset's generator is a LoRA over the reference itself: reference, TA and
+    generator share one network (one adapter per role); share_base: false gives it its own copy."""
+    src = str(sdxl_run / "tiny" / "sdxl")
+    shared = start(run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src), tmp_path / "a")
+    net = shared.generator.denoiser.net
+    assert net is shared.pipe.net and shared.ta.net is net
+    assert frozen_storage(net) == frozen_storage(shared.pipe.net)
+    assert {id(p) for p in shared.generator.parameters()}.isdisjoint({id(p) for p in shared.ta.parameters()})
+    apart = start(run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src, share_base=False), tmp_path / "b")
+    assert apart.generator.denoiser.net is not apart.pipe.net
+    assert frozen_storage(apart.generator.denoiser.net, apart.pipe.net) == 2 * frozen_storage(apart.pipe.net)
+
+
+def test_checkpoints_hold_each_roles_adapter_alone(sdxl_run):
+    from safetensors.torch import load_file
+
+    (step,) = sorted((sdxl_run / "checkpoints").glob("step-*"))[-1:]
+    keys = list(load_file(str(step / "models.safetensors")))
+    assert {k.split(".")[0] for k in keys} == {"generator", "ta"}
+    assert all("lora_" in k for k in keys)
+    assert all("/generator/" in k for k in keys if k.startswith("generator.")) and all("/ta/" in k for k in keys if k.startswith("ta."))
+
+
+def test_shared_base_run_resumes_bit_identically(tmp_path):
+    from safetensors.torch import load_file
+
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(["train", str(CONFIGS / "tiny-sdxl.yaml"), "--out", str(whole)]) == 0
+    assert main(["train", str(CONFIGS / "tiny-sdxl.yaml"), "--out", str(split), "--set", "train.steps=1"]) == 0
+    assert main(["train", str(CONFIGS / "tiny-sdxl.yaml"), "--out", str(split), "--resume", "--set", "train.steps=2"]) == 0
+    for part in ("checkpoints/step-00000002/models.safetensors", "export/unet/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(str(whole / part)), load_file(str(split / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_released_lora_starts_the_generator(tmp_path, sdxl_run):
+    """generator_lora: the LoRA a run exported, loaded over the same base, is the generator that run exported."""
+    src = str(sdxl_run / "tiny" / "sdxl")
+    cfg = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src, generator_lora_rank=0, generator_lora=str(sdxl_run / "export" / "lora"))
+    t2i = start(cfg, tmp_path / "out")
+    assert t2i.generator.denoiser.net is t2i.pipe.net and t2i.generator.denoiser.adapter == "generator"
+    exported, _ = rebuilt_generator(sdxl_run, "sdxl")
+    z, cond = t2i.sample_inputs(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(t2i.generator(z, cond), exported(z, cond), rtol=1e-4, atol=1e-4)
+    wrong = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src, generator_lora_rank=8, generator_lora=str(sdxl_run / "export" / "lora"))
+    with pytest.raises(ConfigError, match="generator_lora_rank: 8.*rank 4"):
+        start(wrong, tmp_path / "out2")
+
+
+def test_refl_target_of_a_released_lora_generator_keeps_that_lora(tmp_path, sdxl_run):
+    """A generator started from a released LoRA starts as base + that LoRA, not as the base: ReFL's
+    target is a frozen copy of its adapters over the same shared base, and stays put as it trains."""
+    from didr import config as cfgio
+    from didr.experiments.config import RunConfig
+    from didr.experiments.text_to_image import build, build_run_objective
+
+    path = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=str(sdxl_run / "tiny" / "sdxl"), generator_lora_rank=0,
+                      generator_lora=str(sdxl_run / "export" / "lora"))
+    cfg = cfgio.load(RunConfig, path, ["method.name=refl", "method.refl_reg=10"])
+    t2i = build(cfg.backbone, tmp_path / "out")
+    initial = build_run_objective(cfg, t2i).initial_generator
+    z, cond = t2i.sample_inputs(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        start_x0 = t2i.generator(z, cond)
+        torch.testing.assert_close(initial(z, cond), start_x0)
+        for p in t2i.generator.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        assert (t2i.generator(z, cond) - start_x0).abs().max() > 1e-4
+        torch.testing.assert_close(initial(z, cond), start_x0)
+    base_ids = {id(p) for n, p in t2i.pipe.net.named_parameters() if "lora_" not in n}
+    copied = initial.module.denoiser.net
+    assert all(id(p) in base_ids for n, p in copied.named_parameters() if "lora_" not in n)  # the base is not copied

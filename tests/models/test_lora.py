@@ -1,5 +1,5 @@
 """LoRA on diffusers networks: the fused export equals the adapted network, the saved LoRA loads
-into the stock pipeline, and bf16 autocast runs the adapters."""
+into the stock pipeline and back in as a named adapter, and bf16 autocast runs the adapters."""
 
 import copy
 
@@ -10,7 +10,8 @@ from didr.diffusion.schedules import VPDiscreteSchedule
 from didr.models import tiny
 from didr.models.diffusers_backbones import make_denoiser
 from didr.models.export import save_lora
-from didr.models.lora import add_lora, lora_state_dict, merged_copy
+from didr.errors import ModelLoadError
+from didr.models.lora import adapter_rank, add_lora, load_lora, lora_state_dict, merged_copy
 
 pytest.importorskip("peft")
 
@@ -38,7 +39,7 @@ def test_only_the_adapter_trains_and_the_fused_copy_matches():
     schedule = VPDiscreteSchedule()
     with torch.no_grad():
         adapted = make_denoiser(unet, schedule, "unet")(x, t, cond)
-        fused = make_denoiser(merged_copy(unet), schedule, "unet")(x, t, cond)
+        fused = make_denoiser(merged_copy(unet, "generator"), schedule, "unet")(x, t, cond)
     torch.testing.assert_close(fused, adapted, rtol=1e-4, atol=1e-4)
 
 
@@ -96,3 +97,27 @@ def test_frozen_initial_is_the_base_without_a_copy():
         next(full.parameters()).add_(1.0)
     assert isinstance(frozen, FrozenCopy) and not any(p.requires_grad for p in frozen.parameters())
     torch.testing.assert_close(frozen(x, t, cond), plain)
+
+
+def test_a_released_lora_loads_as_a_named_trainable_adapter(tmp_path):
+    """A LoRA file in the pipeline's format (DMD2 releases its SDXL LoRA so) becomes adapter
+    "generator" beside an existing "ta": same outputs as the network it was saved from, both adapters train."""
+    unet = trained_lora_unet()
+    save_lora("sdxl", lora_state_dict(unet, "generator"), tmp_path / "lora")
+    torch.manual_seed(0)
+    fresh = add_lora(tiny.tiny_sdxl_unet().eval(), 2, "ta")
+    load_lora(fresh, "sdxl", str(tmp_path / "lora"), "generator")
+    assert adapter_rank(fresh, "generator") == 4 and adapter_rank(fresh, "ta") == 2
+    assert all(p.requires_grad for n, p in fresh.named_parameters() if "lora_" in n)
+    assert not any(p.requires_grad for n, p in fresh.named_parameters() if "lora_" not in n)
+    x, t, cond = sdxl_inputs()
+    schedule = VPDiscreteSchedule()
+    with torch.no_grad():
+        torch.testing.assert_close(make_denoiser(merged_copy(fresh, "generator"), schedule, "unet")(x, t, cond),
+                                   make_denoiser(merged_copy(unet, "generator"), schedule, "unet")(x, t, cond), rtol=1e-4, atol=1e-4)
+
+
+def test_a_lora_file_that_does_not_fit_is_refused(tmp_path):
+    (tmp_path / "empty.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="generator_lora"):
+        load_lora(tiny.tiny_sdxl_unet(), "sdxl", str(tmp_path / "empty.safetensors"), "generator")

@@ -24,9 +24,10 @@ from torch import nn
 from didr.config import require
 from didr.errors import ConfigError, ModelLoadError
 from didr.models.denoiser import GuidedDenoiser
-from didr.models.diffusers_backbones import AUTOCAST_DTYPES, LatentReward, SharedDenoiser, VaeDecoder, make_denoiser, schedule_from_scheduler
+from didr.models.diffusers_backbones import (AUTOCAST_DTYPES, LatentReward, SharedDenoiser, VaeDecoder, enable_checkpointing, make_denoiser,
+                                             schedule_from_scheduler)
 from didr.models.generators import RENOISE, StepGenerator, generator_times
-from didr.models.lora import DEFAULT_TARGETS, add_lora, frozen_initial
+from didr.models.lora import DEFAULT_TARGETS, FrozenCopy, adapter_rank, add_lora, frozen_initial, load_lora
 from didr.models.text import ClipTextEncoder, PromptSet, QwenTextEncoder, encode_cached, load_prompts, sdxl_time_ids
 
 KINDS = ("sdxl", "sd", "zimage")
@@ -63,6 +64,8 @@ class BackboneConfig:
     resolution: int = 1024  # image side in pixels
     max_sequence_length: int = 512  # Z-Image's text length
     generator_lora_rank: int = 0  # 0 = full fine-tuning
+    generator_lora: str | None = None  # LoRA weights that start the generator (DMD2's released SDXL LoRA); rank from the file
+    share_base: bool = True  # a LoRA generator over the reference itself holds no copy: one frozen base, an adapter per role
     ta_lora_rank: int = 0  # 0 = the TA is a full copy of the reference; > 0 = a LoRA on the shared frozen reference
     lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     dtype: str = "float32"  # storage of the frozen weights (reference, VAE, text encoders): float32 | bfloat16 | float16
@@ -90,6 +93,12 @@ class BackboneConfig:
         require(self.autocast in AUTOCAST_DTYPES, f"{path}.autocast", f"must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
         require(self.decode_downscale >= 1, f"{path}.decode_downscale", f"must be >= 1, got {self.decode_downscale}")
         require(self.cfg_scale is None or self.cfg_scale >= 0, f"{path}.cfg_scale", f"must be >= 0, got {self.cfg_scale}")
+
+    @property
+    def shares_reference(self) -> bool:
+        """Whether the generator is an adapter over the reference network itself (DI-style start, or a released LoRA)."""
+        lora = self.generator_lora_rank > 0 or bool(self.generator_lora)
+        return self.share_base and lora and not self.generator and not self.generator_weights
 
     @property
     def network(self) -> str:
@@ -179,7 +188,7 @@ def load_generator_net(cfg: BackboneConfig, reference_net: nn.Module, device: to
     from didr.rewards.loading import load_state_dict, load_strict
 
     # a LoRA generator keeps its frozen base in the storage dtype; full fine-tuning trains fp32 weights
-    dtype = DTYPES[cfg.dtype] if cfg.generator_lora_rank else torch.float32
+    dtype = DTYPES[cfg.dtype] if cfg.generator_lora_rank or cfg.generator_lora else torch.float32
     if cfg.generator:
         sub = cfg.generator_subfolder
         if sub is None and Path(cfg.generator, cfg.network).is_dir():
@@ -194,6 +203,18 @@ def load_generator_net(cfg: BackboneConfig, reference_net: nn.Module, device: to
         state = {k: v.to(dtype) for k, v in load_state_dict(path, "backbone.generator_weights").items()}
         load_strict(net, state, "backbone.generator_weights", path)
     return net.requires_grad_(True).to(device).train()
+
+
+def add_generator_adapter(cfg: BackboneConfig, net: nn.Module) -> None:
+    """The generator's LoRA adapter: loaded from ``generator_lora`` (its rank from the file), or a
+    fresh one of rank ``generator_lora_rank``; none for full fine-tuning."""
+    if cfg.generator_lora:
+        load_lora(net, cfg.kind, cfg.generator_lora, "generator")
+        rank = adapter_rank(net, "generator")
+        if cfg.generator_lora_rank and cfg.generator_lora_rank != rank:
+            raise ConfigError(f"backbone.generator_lora_rank: {cfg.generator_lora_rank}, but {cfg.generator_lora} has rank {rank} (leave it 0)")
+    elif cfg.generator_lora_rank:
+        add_lora(net, cfg.generator_lora_rank, "generator", cfg.lora_targets)
 
 
 # ---------------------------------------------------------------- start-up checks
@@ -305,7 +326,7 @@ def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
         cfg = prepare_tiny(cfg, out_dir)
     device = resolve_device(cfg.device)
     pipe = load_pipeline(cfg, device)
-    gen_net = load_generator_net(cfg, pipe.net, device)
+    gen_net = pipe.net if cfg.shares_reference else load_generator_net(cfg, pipe.net, device)
     prompts = build_prompts(cfg, pipe, Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "text_cache")
     check_compatible(cfg, pipe, gen_net, prompts.rows)
     shape = latent_shape(cfg, pipe)
@@ -313,23 +334,23 @@ def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
 
     schedule = schedule_from_scheduler(pipe.scheduler, "unet" if cfg.network == "unet" else cfg.kind)
     pred = getattr(pipe.scheduler.config, "prediction_type", "epsilon") or "epsilon"
-    nets = [pipe.net, gen_net]
-    if cfg.generator_lora_rank:
-        add_lora(gen_net, cfg.generator_lora_rank, "generator", cfg.lora_targets)
+    # a full-copy TA is copied before any adapter joins the reference
+    ta_copy = None if cfg.ta_lora_rank else copy.deepcopy(pipe.net).float().requires_grad_(True)
+    nets = [n for n in (pipe.net, None if gen_net is pipe.net else gen_net, ta_copy) if n is not None]
+    add_generator_adapter(cfg, gen_net)
     if cfg.ta_lora_rank:
-        ta_net = add_lora(pipe.net, cfg.ta_lora_rank, "ta", cfg.lora_targets)  # shares the frozen base
-    else:
-        ta_net = copy.deepcopy(pipe.net).float().requires_grad_(True)
-        nets.append(ta_net)
+        add_lora(pipe.net, cfg.ta_lora_rank, "ta", cfg.lora_targets)  # shares the frozen base
     if cfg.gradient_checkpointing:
         for net in nets:
-            net.enable_gradient_checkpointing()
+            enable_checkpointing(net)  # block by block, safe when roles switch adapters on one network
     den = lambda net: make_denoiser(net, schedule, "unet" if cfg.network == "unet" else cfg.kind, pred, cfg.autocast)  # noqa: E731
-    ta = den(ta_net)
-    base_ref = SharedDenoiser(ta if cfg.ta_lora_rank else den(pipe.net), adapters_off=True)
+    base = den(pipe.net)
+    ta = SharedDenoiser(base, "ta") if ta_copy is None else den(ta_copy)
+    base_ref = SharedDenoiser(base, None)
     reference = GuidedDenoiser(base_ref, cfg.guidance, prompts.null_cond) if cfg.guidance != 1.0 else base_ref
     times = generator_times(schedule, cfg.generator_t, cfg.generator_steps, cfg.generator_times)
-    generator = StepGenerator(den(gen_net), times, checkpoint=cfg.gradient_checkpointing, renoise=cfg.generator_renoise)
+    gen_den = SharedDenoiser(base, "generator") if gen_net is pipe.net else den(gen_net)
+    generator = StepGenerator(gen_den, times, checkpoint=cfg.gradient_checkpointing, renoise=cfg.generator_renoise)
     decoder = VaeDecoder(pipe.vae, cfg.decode_micro_batch, cfg.decode_checkpoint, cfg.decode_downscale)
     reward = LatentReward(load_reward(reward_spec(cfg, out_dir), device=device), decoder)
     return TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device)
@@ -337,10 +358,14 @@ def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
 
 def build_run_objective(run_cfg, t2i: TextToImage):
     """The configured objective; ReFL's regulariser regresses onto the generator as it starts
-    (with a LoRA generator, its own network with the adapter off: no second copy)."""
+    (with a LoRA generator, its own network with the adapter off: no second copy). A generator
+    started from a released LoRA is not its base: the copy keeps that LoRA (over a shared base,
+    only the adapters are copied)."""
     from didr.objectives.config import build_objective
 
-    initial = frozen_initial(t2i.generator) if run_cfg.method.needs_initial_generator else None
+    initial = None
+    if run_cfg.method.needs_initial_generator:
+        initial = FrozenCopy(t2i.generator) if t2i.cfg.generator_lora else frozen_initial(t2i.generator)
     return build_objective(run_cfg.method, t2i.generator.schedule, t2i.reward, initial_generator=initial)
 
 

@@ -1,36 +1,82 @@
 """LoRA adapters (peft) on diffusers networks: the generator's trainable weights, and the TA as an
-adapter on the frozen reference so that the base weights are held once.
+adapter on the frozen reference so that the base weights are held once. A generator that starts
+from the reference itself is one more adapter on the same network (see ``SharedDenoiser``).
 
-``add_lora`` freezes the base network and leaves only the named adapter trainable;
-``merged_copy`` folds an adapter into a plain copy of the network, which stock diffusers loads;
+``add_lora`` freezes the base network and leaves only the named adapter trainable; ``load_lora``
+brings a released LoRA file in as a named adapter (DMD2's SDXL LoRA, say); ``merged_tensors`` /
+``merged_copy`` fold one adapter into the base weights, which is what stock diffusers loads;
 ``frozen_initial`` gives the network as it started (ReFL's regression target) without copying a
 LoRA-trained one.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+from copy import deepcopy
+from typing import Any, Iterator
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from didr.errors import ConfigError, ModelLoadError
 
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+#: the network's name in each pipeline's LoRA files (diffusers' ``unet_name`` / ``transformer_name``)
+LORA_PREFIX = {"sdxl": "unet", "sd": "unet", "zimage": "transformer"}
+
+
+def _trainable_adapters(net: nn.Module) -> set[str]:
+    return {n for n, p in net.named_parameters() if "lora_" in n and p.requires_grad}
+
+
+def _train_only_adapters(net: nn.Module, keep: set[str], name: str) -> nn.Module:
+    """Freeze everything but the adapter ``name`` and the adapters in ``keep``; adapters train in
+    float32 on a bf16 / fp16 base. (peft's ``set_adapter``, called when an adapter is added,
+    freezes every other adapter.)"""
+    for pname, p in net.named_parameters():
+        trainable = "lora_" in pname and (f".{name}." in pname or pname in keep)
+        if trainable and p.dtype != torch.float32:
+            p.data = p.data.float()
+        p.requires_grad_(trainable)
+    return net
 
 
 def add_lora(net: nn.Module, rank: int, name: str, targets: list[str] | None = None, alpha: float | None = None) -> nn.Module:
-    """Inject a rank-``rank`` LoRA adapter called ``name``; only its weights require gradients."""
+    """Inject a rank-``rank`` LoRA adapter called ``name``; only adapter weights require gradients."""
     from peft import LoraConfig
 
-    net.requires_grad_(False)
+    keep = _trainable_adapters(net)
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets or DEFAULT_TARGETS), init_lora_weights=True)
     net.add_adapter(config, adapter_name=name)
-    for pname, p in net.named_parameters():
-        trainable = "lora_" in pname and f".{name}." in pname
-        if trainable:
-            p.data = p.data.float()  # adapters train in fp32 on a bf16 / fp16 base
-        p.requires_grad_(trainable)
-    return net
+    return _train_only_adapters(net, keep, name)
+
+
+def load_lora(net: nn.Module, kind: str, source: str, name: str) -> nn.Module:
+    """Load a LoRA file or folder, in any format the ``kind`` pipeline's ``load_lora_weights`` reads
+    (diffusers, peft, kohya), into ``net`` as the trainable adapter ``name``; rank and alpha come from the file."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, ZImagePipeline
+
+    pipeline = {"sdxl": StableDiffusionXLPipeline, "sd": StableDiffusionPipeline, "zimage": ZImagePipeline}[kind]
+    keep = _trainable_adapters(net)
+    try:
+        out = pipeline.lora_state_dict(source)
+    except (OSError, ValueError, EnvironmentError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelLoadError(f"backbone.generator_lora: cannot read LoRA weights from {source!r} ({first})") from err
+    state, alphas = out if isinstance(out, tuple) else (out, None)
+    if not any(k.startswith(LORA_PREFIX[kind] + ".") for k in state):
+        raise ModelLoadError(f"backbone.generator_lora: {source} holds no {LORA_PREFIX[kind]} LoRA weights")
+    net.load_lora_adapter(state, network_alphas=alphas, adapter_name=name, prefix=LORA_PREFIX[kind])
+    if not any(f".{name}." in n for n, _ in net.named_parameters()):
+        raise ModelLoadError(f"backbone.generator_lora: no weights of {source} fit this {LORA_PREFIX[kind]}")
+    return _train_only_adapters(net, keep, name)
+
+
+def adapter_rank(net: nn.Module, name: str) -> int:
+    """The rank of adapter ``name`` (0 when the network has no such adapter)."""
+    for n, p in net.named_parameters():
+        if "lora_A" in n and f".{name}." in n:
+            return int(p.shape[0])
+    return 0
 
 
 def has_lora(net: nn.Module) -> bool:
@@ -45,13 +91,46 @@ def lora_state_dict(net: nn.Module, name: str) -> dict:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(net, adapter_name=name))
 
 
-def merged_copy(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` with its LoRA adapters fused into the base weights and the peft layers removed."""
-    out = copy.deepcopy(net)
-    if has_lora(out):
-        out.fuse_lora()
-        out.unload_lora()
-    return out.requires_grad_(False)
+def merged_tensors(net: nn.Module, adapter: str | None, dtype: torch.dtype | None = torch.float32,
+                   copy: bool = False) -> Iterator[tuple[str, Tensor]]:
+    """The plain network's weights (stock diffusers' key names) with adapter ``adapter`` folded in,
+    one tensor at a time; every other adapter is left out. W + scale B A is formed in float32 from
+    the base weight and the adapter, so a bf16 base loses nothing of a float32 adapter. ``dtype``:
+    of every floating-point tensor (None keeps each tensor's own). ``copy``: never share storage
+    with ``net`` (otherwise unchanged tensors may)."""
+    from peft.tuners.lora import LoraLayer
+
+    lora = {name: m for name, m in net.named_modules() if isinstance(m, LoraLayer)}
+    for key, value in net.state_dict().items():
+        if "lora_" in key or "lora_magnitude" in key:
+            continue
+        owner, _, leaf = key.rpartition(".base_layer.")
+        if owner and owner in lora:
+            out_key = f"{owner}.{leaf}"
+            layer = lora[owner]
+            if leaf == "weight" and adapter is not None and adapter in layer.lora_A:
+                value = value.float() + layer.get_delta_weight(adapter).float()
+        else:
+            out_key = key
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype, copy=copy)
+        elif copy:
+            value = value.clone()
+        yield out_key, value.detach()
+
+
+def merged_copy(net: nn.Module, adapter: str | None = None) -> nn.Module:
+    """A plain float32 copy of ``net`` (no peft layers) with adapter ``adapter`` folded in."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        out = type(net).from_config(dict(net.config))
+    state = dict(merged_tensors(net, adapter, copy=True))
+    missing = set(out.state_dict()) - set(state)
+    if missing:
+        raise ConfigError(f"merging adapter {adapter!r}: no weights for {', '.join(sorted(missing)[:3])}")
+    out.load_state_dict(state, strict=True, assign=True)
+    return out.float().requires_grad_(False)
 
 
 class AdaptersOff(nn.Module):
@@ -77,7 +156,7 @@ class FrozenCopy(nn.Module):
 
     def __init__(self, module: nn.Module):
         super().__init__()
-        self.module = copy.deepcopy(module).requires_grad_(False).eval()
+        self.module = deepcopy(module).requires_grad_(False).eval()
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         first = next(self.module.parameters(), None)

@@ -65,12 +65,15 @@ class EMA:
 
     def __init__(self, module: nn.Module, decay: float):
         self.decay = decay
-        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+        frozen = {id(p): p for p in module.parameters() if not p.requires_grad}  # shared, not copied (a LoRA's base)
+        self.module = copy.deepcopy(module, frozen).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, module: nn.Module, decay: float | None = None) -> None:
         d = self.decay if decay is None else decay
         for ema_p, p in zip(self.module.state_dict().values(), module.state_dict().values()):
+            if ema_p.data_ptr() == p.data_ptr():  # a frozen tensor both share
+                continue
             if ema_p.dtype.is_floating_point:
                 ema_p.lerp_(p.detach(), 1 - d)
             else:
