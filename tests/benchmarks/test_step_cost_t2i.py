@@ -1,0 +1,47 @@
+"""The GPU step-cost benchmark runs end to end on the CPU at tiny shapes: every configuration of
+its grid is built and stepped through the real loop, and the recorded table divides each DIDR
+row by the DI++ row of the same setting."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_cost_t2i.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("step_cost_t2i", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["step_cost_t2i"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_pairs_every_didr_row_with_its_di_plus_plus_row():
+    bench = load_script()
+    rows = bench.grid(["sdxl", "zimage"], "axes")
+    didr = [r for r in rows if r.method == "didr"]
+    assert {r.batch for r in didr} == {1, 2, 4} and {r.drp_steps for r in didr} == {1, 2, 4}
+    assert {r.lora for r in didr} == {True, False} and {r.checkpointing for r in didr} == {True, False}
+    assert all(r.baseline in rows and rows.index(r.baseline) < rows.index(r) for r in didr)
+    assert len(bench.grid(["sdxl"], "full")) == 36 + 12
+
+
+def test_tiny_run_records_a_table_with_command_machine_and_date(tmp_path):
+    bench = load_script()
+    out = bench.main(["--tiny", "--backbones", "sdxl", "--grid", "smoke", "--warmup", "0", "--repeats", "1", "--ta-updates", "1",
+                      "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "step_cost.md")])
+    text = out.read_text()
+    assert "Command: `python benchmarks/step_cost_t2i.py --tiny" in text and "Machine: " in text and "Date: " in text
+    rows = [line for line in text.splitlines() if line.startswith("| sdxl")]
+    assert len(rows) == len(bench.grid(["sdxl"], "smoke")) == 4
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[1]) > 0 and float(cells[2]) > 0  # seconds and memory were measured
+        if "DI++" in cells[0]:
+            assert cells[3] == "1.00"
+        else:
+            assert float(cells[3]) > 0  # a ratio against its DI++ row
