@@ -1,35 +1,68 @@
-"""Memory estimate for DIDR on SDXL (DMD2 one-step UNet) and Z-Image at batch 1 per GPU.
+"""Memory of one DIDR training step on SDXL and Z-Image, estimated from the networks' shapes.
 
-    python benchmarks/memory_estimate.py      # prints the table of benchmarks/results/memory_estimate.md
+    python benchmarks/memory_estimate.py            # the table of benchmarks/results/memory_estimate.md
+    python benchmarks/memory_estimate.py --backbone zimage --resolution 512 --n-layers 8 --batch 2 --show
 
-Parameter counts come from the real models' configs (SDXL base 1.0's unet/ and vae/, Z-Image's
-transformer/ (diffusers' ZImageTransformer2DModel defaults are its config) and Flux-style VAE), built
-on the meta device: no weights, no memory. Activations are measured, not guessed: one forward
-pass on meta tensors in bf16 at 1024 px, summing the bytes of every tensor autograd saves for the
-backward pass (each tensor once, parameters excluded), with attention saving what flash / memory-
-efficient SDPA saves (q, k, v, output and a float32 log-sum-exp), not the N x N matrix.
-With gradient checkpointing of every block, what stays is the tensors saved outside the blocks
-plus the largest single block, recomputed one at a time.
+The networks are the published configurations (``didr/models/configs``), built on the meta
+device: no weights, no memory. Parameter counts are exact. Activations are measured, not
+guessed. One forward pass runs on meta tensors in bf16, with the LoRA adapters attached as
+training attaches them, and the script sums the bytes of every tensor that autograd saves for
+the backward pass, each tensor once, parameters excluded. Attention saves what flash and
+memory-efficient SDPA save: q, k, v, the output and a float32 log-sum-exp, never the N x N
+matrix. This is measured for the generator's and the reference's network, the VAE decode and
+the reward's vision tower. With checkpointing of every block, what stays alive is the tensors
+saved outside the blocks plus the largest single block, recomputed one at a time.
+
+How the parts add up (:func:`estimate`). The peak is the generator update:
+- the generator's saved activations stay alive until its own backward pass;
+- meanwhile the DRS estimate (M12) runs its backward pass, first through the reward and the VAE
+  decode, then through the k reference calls, recomputed one at a time (``drp_checkpoint``). These
+  phases do not overlap, so the larger of the two counts, not their sum. Each reference call runs
+  at twice the batch under classifier-free guidance (M4);
+- weights: the frozen networks in their storage dtype; each trainable parameter costs 16 bytes
+  (float32 weight, gradient and AdamW's two states);
+- on a CPU run, the process's own resident memory (interpreter, libraries) is measured and added.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from accelerate import init_empty_weights
 
 GIB = 2**30
-SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (DMD2's generator has the same shapes)
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
-    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
-SDXL_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=1024)
-ZIMAGE_VAE = dict(SDXL_VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: the text encoders run once at start-up to fill the embedding cache, then are dropped
 TEXT_PARAMS = {"sdxl": 123_060_480 + 694_659_840, "zimage": 4_022_468_096}  # CLIP-L + OpenCLIP bigG text towers; Qwen3-4B
+TOKENS = {"sdxl": 77, "zimage": 256}  # text tokens per prompt (SDXL: the padded 77; Z-Image: a typical prompt)
+
+
+@dataclass
+class Setting:
+    """One training configuration, in the terms of the ``backbone`` / ``method`` config sections."""
+
+    backbone: str = "sdxl"  # sdxl | zimage
+    resolution: int = 1024  # image side in pixels
+    batch: int = 1  # generator samples per step (per GPU)
+    dtype: str = "bfloat16"  # storage of the frozen weights
+    reward_dtype: str = "bfloat16"
+    n_layers: int | None = None  # Z-Image main blocks (published: 30)
+    lora_rank: int = 64  # the generator's; 0 = full fine-tuning
+    ta_lora_rank: int = 64
+    share_base: bool = True  # generator over the reference itself: no separate base (else a second copy)
+    checkpointing: bool = True  # gradient checkpointing in the networks, between DRP steps and in the VAE decode
+    guidance: bool = True  # classifier-free guidance on the reference: its calls run at twice the batch
+    decode_downscale: float = 1.0
+    text_tokens: int | None = None  # caption tokens per prompt (default: SDXL's padded 77, Z-Image 256)
+
+
+# --------------------------------------------------------------------------- measuring on meta tensors
 
 
 class FlashLikeSDPA(torch.autograd.Function):
@@ -51,17 +84,34 @@ def sdpa(query, key, value, *args, **kw):  # diffusers calls it with positional 
 
 
 class SavedBytes:
-    """Bytes autograd saves, each tensor once, parameters excluded; per top-level block too."""
+    """Bytes autograd saves, each storage once, parameters excluded. A matmul saves its weight as a
+    transposed view and reshapes save views of activations: a view counts as the tensor it views."""
 
     def __init__(self, params):
         self.params = {id(p) for p in params}
-        self.seen, self.total = set(), 0
+        self.seen, self.total = {}, 0  # id -> tensor: holding it keeps its id from being reused
 
     def pack(self, t):
-        if id(t) not in self.params and id(t) not in self.seen:
-            self.seen.add(id(t))
-            self.total += t.numel() * t.element_size()
+        base = t._base if t._base is not None else t
+        if id(base) not in self.params and id(base) not in self.seen:
+            self.seen[id(base)] = base
+            self.total += base.numel() * base.element_size()
         return t
+
+
+@contextlib.contextmanager
+def lora_input_copies():
+    """Under autocast, each LoRA layer casts its input to float32 and the matmul casts it back: one
+    new bf16 copy of the input per adapted layer, which the backward pass keeps. Meta tensors have
+    no autocast, so the copy is made here."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    original = LoraLayer._cast_input_dtype
+    LoraLayer._cast_input_dtype = lambda self, x, dtype: x.clone()
+    try:
+        yield
+    finally:
+        LoraLayer._cast_input_dtype = original
 
 
 def measure(model, blocks, call) -> tuple[float, float]:
@@ -73,7 +123,7 @@ def measure(model, blocks, call) -> tuple[float, float]:
         hooks.append(b.register_forward_hook(lambda m, a, o: sizes.append(counter.total - starts[id(m)])))
     original, F.scaled_dot_product_attention = F.scaled_dot_product_attention, sdpa
     try:
-        with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t), lora_input_copies():
             call()
     finally:
         F.scaled_dot_product_attention = original
@@ -83,42 +133,100 @@ def measure(model, blocks, call) -> tuple[float, float]:
     return counter.total / GIB, (outside + max(sizes)) / GIB
 
 
-def meta(shape, grad=False):
-    return torch.randn(*shape, device="meta", dtype=torch.bfloat16, requires_grad=grad)
+def meta(shape, grad=False, dtype=torch.bfloat16):
+    return torch.randn(*shape, device="meta", dtype=dtype, requires_grad=grad)
 
 
-def build(cls, **cfg):
+def network(backbone: str, n_layers: int | None = None, lora_rank: int = 0, trainable: bool = False):
+    """The backbone's network on the meta device in bf16: frozen (a reference, a LoRA's base) or
+    ``trainable`` (full fine-tuning), with a LoRA adapter if ``lora_rank``. A frozen weight needs no
+    gradient, so autograd keeps fewer inputs: which weights train changes what is saved."""
+    from accelerate import init_empty_weights
+
+    from didr.models import real_shapes
+    from didr.models.lora import add_lora
+
     with init_empty_weights():
-        return cls(**cfg).to(torch.bfloat16)
+        net = real_shapes.sdxl_unet(torch.bfloat16) if backbone == "sdxl" else real_shapes.zimage_transformer(torch.bfloat16, n_layers)
+        net.requires_grad_(trainable)
+        if lora_rank:
+            add_lora(net, lora_rank, "adapter")
+            for name, p in net.named_parameters():
+                if "lora_" in name:
+                    p.data = p.data.to(torch.bfloat16)  # autocast runs the adapters in bf16
+    return net
 
 
-def sdxl() -> dict:
-    from diffusers import UNet2DConditionModel
-
-    unet = build(UNet2DConditionModel, **SDXL_UNET)
-    blocks = list(unet.down_blocks) + [unet.mid_block] + list(unet.up_blocks)
-    blocks = [m for b in blocks for m in list(getattr(b, "resnets", [])) + list(getattr(b, "attentions", []) or [])]
-    cond = dict(encoder_hidden_states=meta((1, 77, 2048)), added_cond_kwargs=dict(text_embeds=meta((1, 1280)), time_ids=meta((1, 6))))
-    act = measure(unet, blocks, lambda: unet(meta((1, 4, 128, 128), True), torch.tensor([399.0], device="meta"), **cond))
-    return dict(net=unet, act=act)
+def network_blocks(net, backbone: str):
+    if backbone == "sdxl":
+        blocks = list(net.down_blocks) + [net.mid_block] + list(net.up_blocks)
+        return [m for b in blocks for m in list(getattr(b, "resnets", [])) + list(getattr(b, "attentions", []) or [])]
+    return list(net.noise_refiner) + list(net.context_refiner) + list(net.layers)
 
 
-def zimage() -> dict:
-    from diffusers import ZImageTransformer2DModel
+@functools.lru_cache(maxsize=None)
+def network_activations(backbone: str, batch: int, latent_side: int, n_layers: int | None, lora_rank: int,
+                        trainable: bool = False, tokens: int | None = None) -> tuple[float, float]:
+    """GiB the network saves for backward at ``batch`` (no checkpointing, checkpointing)."""
+    net = network(backbone, n_layers, lora_rank, trainable)
+    blocks = network_blocks(net, backbone)
+    tokens = tokens or TOKENS[backbone]
+    if backbone == "sdxl":
+        cond = dict(encoder_hidden_states=meta((batch, tokens, 2048)),
+                    added_cond_kwargs=dict(text_embeds=meta((batch, 1280)), time_ids=meta((batch, 6))))
+        call = lambda: net(meta((batch, 4, latent_side, latent_side), True), torch.full((batch,), 399.0, device="meta"), **cond)  # noqa: E731
+    else:
+        frames = [meta((16, 1, latent_side, latent_side), True) for _ in range(batch)]
+        caps = [meta((tokens, 2560)) for _ in range(batch)]
+        call = lambda: net(frames, torch.full((batch,), 0.5, device="meta"), caps)  # noqa: E731
+    return measure(net, blocks, call)
 
-    net = build(ZImageTransformer2DModel)
-    blocks = list(net.noise_refiner) + list(net.context_refiner) + list(net.layers)
-    act = measure(net, blocks, lambda: net([meta((16, 1, 128, 128), True)], torch.tensor([0.5], device="meta"), [meta((256, 2560))]))
-    return dict(net=net, act=act)
 
+@functools.lru_cache(maxsize=None)
+def vae_decode_activations(backbone: str, batch: int, latent_side: int) -> tuple[float, float]:
+    from accelerate import init_empty_weights
 
-def vae_decode(cfg: dict) -> tuple[int, tuple[float, float]]:
-    from diffusers import AutoencoderKL
+    from didr.models import real_shapes
 
-    vae = build(AutoencoderKL, **cfg)
+    with init_empty_weights():
+        vae = real_shapes.vae(backbone, torch.bfloat16)
     blocks = list(vae.decoder.up_blocks) + [vae.decoder.mid_block]
-    c = cfg["latent_channels"]
-    return sum(p.numel() for p in vae.parameters()), measure(vae, blocks, lambda: vae.decode(meta((1, c, 128, 128), True)))
+    c = vae.config.latent_channels
+    return measure(vae, blocks, lambda: vae.decode(meta((batch, c, latent_side, latent_side), True)))
+
+
+@functools.lru_cache(maxsize=None)
+def reward_activations(batch: int, dtype: torch.dtype = torch.bfloat16) -> float:
+    """GiB PickScore's vision tower (CLIP ViT-H/14 at 224 px) saves on the way to its image embedding."""
+    from accelerate import init_empty_weights
+
+    from didr.models import real_shapes
+
+    with init_empty_weights():
+        clip = real_shapes.clip_h(dtype)
+    call = lambda: clip.visual_projection(clip.vision_model(pixel_values=meta((batch, 3, 224, 224), True, dtype)).pooler_output)  # noqa: E731
+    total, _ = measure(clip, list(clip.vision_model.encoder.layers), call)
+    return total
+
+
+@functools.lru_cache(maxsize=None)
+def parameter_counts(backbone: str, n_layers: int | None, lora_rank: int, ta_lora_rank: int) -> dict[str, int]:
+    from accelerate import init_empty_weights
+
+    from didr.models import real_shapes
+
+    net = network(backbone, n_layers)
+    with init_empty_weights():
+        vae = real_shapes.vae(backbone)
+        clip = real_shapes.clip_h()
+    return {
+        "network": sum(p.numel() for p in net.parameters()),
+        "lora": lora_params(net, lora_rank),
+        "ta_lora": lora_params(net, ta_lora_rank),
+        "vae": sum(p.numel() for p in vae.parameters()),
+        "reward": sum(p.numel() for p in clip.parameters()),
+        "text": TEXT_PARAMS[backbone],
+    }
 
 
 def lora_params(net, rank: int, targets=("to_q", "to_k", "to_v", "to_out.0")) -> int:
@@ -126,19 +234,78 @@ def lora_params(net, rank: int, targets=("to_q", "to_k", "to_v", "to_out.0")) ->
                if isinstance(m, torch.nn.Linear) and any(n.endswith("." + t) for t in targets))
 
 
+# --------------------------------------------------------------------------- adding up
+
+
+def latent_side(s: Setting) -> int:
+    return s.resolution // 8  # both VAEs downsample 8x
+
+
+def estimate(s: Setting) -> dict[str, float]:
+    """GiB per part, and ``total``, for one generator update (the peak of a DIDR step)."""
+    n = parameter_counts(s.backbone, s.n_layers, s.lora_rank, s.ta_lora_rank)
+    w, rw = BYTES[s.dtype], BYTES[s.reward_dtype]
+    side = latent_side(s)
+    ref_batch = 2 * s.batch if s.guidance else s.batch
+    ckpt = 1 if s.checkpointing else 0
+    tok = s.text_tokens
+    gen_act = network_activations(s.backbone, s.batch, side, s.n_layers, s.lora_rank, s.lora_rank == 0, tok)[ckpt]
+    ref_act = network_activations(s.backbone, ref_batch, side, s.n_layers, 0, False, tok)[ckpt]
+    ta_act = network_activations(s.backbone, s.batch, side, s.n_layers, s.ta_lora_rank, s.ta_lora_rank == 0, tok)[ckpt]
+    vae_act = vae_decode_activations(s.backbone, s.batch, max(1, round(side / s.decode_downscale)))[ckpt]
+    reward_act = reward_activations(s.batch)
+    full_ft, ta_copy = s.lora_rank == 0, s.ta_lora_rank == 0
+    # a trainable parameter: float32 weight, gradient, AdamW's two states; a full network's weight is listed with the weights
+    gen_state = 12 * n["network"] if full_ft else 16 * n["lora"]
+    ta_state = 12 * n["network"] if ta_copy else 16 * n["ta_lora"]
+    parts = {
+        "reference weights": n["network"] * w / GIB,
+        "generator base weights": 0.0 if (s.share_base and not full_ft) else n["network"] * (4 if full_ft else w) / GIB,
+        "TA copy weights": n["network"] * 4 / GIB if ta_copy else 0.0,
+        "VAE weights": n["vae"] * w / GIB,
+        "reward weights": n["reward"] * rw / GIB,
+        "trainable state": (gen_state + ta_state) / GIB,
+        "generator activations": gen_act,
+        "DRS backward: max(reward + VAE decode, one reference call)": max(reward_act + vae_act, ref_act),
+    }
+    ta_step = sum(v for k, v in parts.items() if "activations" not in k and "DRS" not in k) + ta_act
+    parts["total"] = max(sum(parts.values()), ta_step)
+    parts["parts (not in total): TA step activations"] = ta_act
+    parts["parts (not in total): reward, VAE decode, one reference call"] = reward_act + vae_act + ref_act
+    return parts
+
+
+# --------------------------------------------------------------------------- the recorded table
+
+PRESETS = {
+    "LoRA generator over the reference, LoRA TA, checkpointing": dict(),
+    "LoRA generator as a separate network (DMD2's UNet / Z-Image-Turbo), LoRA TA, checkpointing": dict(share_base=False),
+    "the same, without checkpointing": dict(share_base=False, checkpointing=False),
+    "full fine-tuning of a separate generator, LoRA TA, checkpointing": dict(share_base=False, lora_rank=0),
+}
+
+
+def table(batch: int, resolution: int) -> str:
+    lines = ["| configuration | SDXL | Z-Image |", "|---|---|---|"]
+    for name, kw in PRESETS.items():
+        cells = [estimate(Setting(backbone=b, batch=batch, resolution=resolution, **kw))["total"] for b in ("sdxl", "zimage")]
+        lines.append(f"| {name} | {cells[0]:.1f} | {cells[1]:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    rows = []
-    for name, fn, vae_cfg in (("SDXL (DMD2 UNet)", sdxl, SDXL_VAE), ("Z-Image (6B DiT)", zimage, ZIMAGE_VAE)):
-        out = fn()
-        n = sum(p.numel() for p in out["net"].parameters())
-        vae_n, vae_act = vae_decode(vae_cfg)
-        key = "sdxl" if "SDXL" in name else "zimage"
-        rows.append((name, n, lora_params(out["net"], 64), vae_n, TEXT_PARAMS[key], out["act"], vae_act))
-    print("| backbone | network params | LoRA r=64 params (attention q,k,v,out) | VAE params | text encoder params | "
-          "network activations, GiB (no ckpt / ckpt) | VAE decode activations, GiB (no ckpt / ckpt) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, n, lora, vae_n, text, act, vae_act in rows:
-        print(f"| {name} | {n:,} | {lora:,} | {vae_n:,} | {text:,} | {act[0]:.2f} / {act[1]:.2f} | {vae_act[0]:.2f} / {vae_act[1]:.2f} |")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Setting):
+        parse = {"bool": lambda v: v.lower() in ("1", "true", "yes"), "int": int, "float": float, "str": str}
+        kind = parse[str(f.type).split()[0].split("|")[0].strip()]
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+    p.add_argument("--show", action="store_true", help="print one setting's parts as JSON instead of the table")
+    args = p.parse_args()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Setting) if getattr(args, f.name) is not None}
+    if args.show:
+        print(json.dumps({k: round(v, 3) for k, v in estimate(Setting(**given)).items()}, indent=2))
+        return
+    print(table(given.get("batch", 1), given.get("resolution", 1024)))
 
 
 if __name__ == "__main__":
