@@ -314,3 +314,14 @@ def test_refl_target_of_a_released_lora_generator_keeps_that_lora(tmp_path, sdxl
     base_ids = {id(p) for n, p in t2i.pipe.net.named_parameters() if "lora_" not in n}
     copied = initial.module.denoiser.net
     assert all(id(p) in base_ids for n, p in copied.named_parameters() if "lora_" not in n)  # the base is not copied
+
+
+@pytest.mark.parametrize("sets, field", [({}, "share_base"), ({"share_base": False, "ta_lora_rank": 4}, "ta_lora_rank")])
+def test_fsdp_refuses_roles_over_the_shared_base(tmp_path, sdxl_run, monkeypatch, sets, field):
+    """Under an FSDP launch a role over the shared frozen base would call a network that the FSDP
+    wrapper does not hold: refused by name before anything loads."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    cfg = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=str(sdxl_run / "tiny" / "sdxl"), **sets)
+    with pytest.raises(ConfigError, match=f"backbone.{field}: under FSDP"):
+        start(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -7,8 +7,9 @@ parallelism. This driver flips its state to FSDP after it is built (torch's FSDP
 with gloo) and gathers full state dicts without ``offload_to_cpu``, which on CPU frees storage that
 is still in use (a segfault; Lightning-AI/pytorch-lightning#21804). The run is the library's own
 training loop (checkpoints with per-process optimiser shards, resume through the wrappers) on the
-tiny SDXL with a full-copy TA: a LoRA TA shares the reference's frozen base, which the reference
-then calls around the FSDP wrapper. The diffusers-format export is left out (it deep-copies the
+tiny SDXL with a full-copy TA and a generator with its own network: the library refuses, under
+FSDP, a LoRA TA or a generator over the reference's shared frozen base, whose network the FSDP
+wrapper does not hold. The diffusers-format export is left out (it deep-copies the
 generator's network, which holds FSDP-wrapped blocks); the loop's own export is compared.
 FSDP_YAML is configs/accelerate/fsdp.yaml with sync_module_states and cpu_ram_efficient_loading
 off (both need an accelerator device).
@@ -52,7 +53,7 @@ def main(out: Path, resume: bool) -> None:
 
     distributed.check_sharded_launch = lambda: None  # the refusal this driver exists to get past
     root = Path(__file__).resolve().parents[2]
-    sets = ["train.steps=6", "train.checkpoint_every=2", "backbone.ta_lora_rank=0"]
+    sets = ["train.steps=6", "train.checkpoint_every=2", "backbone.ta_lora_rank=0", "backbone.share_base=false"]
     cfg = cfgio.load(RunConfig, root / "configs" / "tiny-sdxl.yaml", sets)
     t2i = build(cfg.backbone, out)
     objective = build_objective(cfg.method, t2i.generator.schedule, t2i.reward)

@@ -318,12 +318,29 @@ def latent_shape(cfg: BackboneConfig, pipe: Pipeline) -> tuple[int, int, int]:
     return (pipe.vae.config.latent_channels, side, side)
 
 
+def check_sharing_under_fsdp(cfg: BackboneConfig) -> None:
+    """FSDP shards the networks of the modules it wraps; a role over a shared frozen base calls a
+    network that FSDP cannot see (its blocks are not the wrapped module's), so under FSDP each
+    trained role needs a network of its own."""
+    from didr.train.distributed import requested_sharding
+
+    if requested_sharding() != "FSDP":
+        return
+    if cfg.shares_reference:
+        raise ConfigError("backbone.share_base: under FSDP the generator needs its own network, not an adapter over the shared "
+                          "reference; set backbone.share_base=false")
+    if cfg.ta_lora_rank:
+        raise ConfigError("backbone.ta_lora_rank: under FSDP the TA needs its own network, not an adapter over the shared reference; "
+                          "set backbone.ta_lora_rank=0")
+
+
 def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
     """Load, check and wire the models of a text-to-image run (no training step yet)."""
     from didr.rewards.registry import load_reward
 
     if cfg.tiny:
         cfg = prepare_tiny(cfg, out_dir)
+    check_sharing_under_fsdp(cfg)
     device = resolve_device(cfg.device)
     pipe = load_pipeline(cfg, device)
     gen_net = pipe.net if cfg.shares_reference else load_generator_net(cfg, pipe.net, device)
