@@ -51,7 +51,7 @@ class Setting:
     resolution: int = 1024  # image side in pixels
     batch: int = 1  # generator samples per step (per GPU)
     dtype: str = "bfloat16"  # storage of the frozen weights
-    reward_dtype: str = "bfloat16"
+    reward_dtype: str = "float32"  # what didr loads a reward in unless its spec says ?dtype=
     n_layers: int | None = None  # Z-Image main blocks (published: 30)
     lora_rank: int = 64  # the generator's; 0 = full fine-tuning
     ta_lora_rank: int = 64
@@ -253,7 +253,7 @@ def estimate(s: Setting) -> dict[str, float]:
     ref_act = network_activations(s.backbone, ref_batch, side, s.n_layers, 0, False, tok)[ckpt]
     ta_act = network_activations(s.backbone, s.batch, side, s.n_layers, s.ta_lora_rank, s.ta_lora_rank == 0, tok)[ckpt]
     vae_act = vae_decode_activations(s.backbone, s.batch, max(1, round(side / s.decode_downscale)))[ckpt]
-    reward_act = reward_activations(s.batch)
+    reward_act = reward_activations(s.batch, getattr(torch, s.reward_dtype))
     full_ft, ta_copy = s.lora_rank == 0, s.ta_lora_rank == 0
     # a trainable parameter: float32 weight, gradient, AdamW's two states; a full network's weight is listed with the weights
     gen_state = 12 * n["network"] if full_ft else 16 * n["lora"]
