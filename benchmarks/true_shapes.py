@@ -1,17 +1,18 @@
 """DIDR at the published sizes of SDXL and Z-Image on the CPU: two steps of ``didr train`` with
 time and peak resident memory next to what ``memory_estimate.py`` predicts for the same setting.
 
-    flock /tmp/didr-heavy.lock python benchmarks/true_shapes.py --backbone sdxl
-    flock /tmp/didr-heavy.lock python benchmarks/true_shapes.py --backbone sdxl --no-share-base
-    flock /tmp/didr-heavy.lock python benchmarks/true_shapes.py --backbone zimage --n-layers 10 --separate-generator
+    flock /tmp/didr-heavy.lock python benchmarks/true_shapes.py --backbone sdxl --reward-dtype bfloat16
+    flock /tmp/didr-heavy.lock python benchmarks/true_shapes.py --backbone sdxl --resolution 64 --steps 1 --no-share-base
+    flock /tmp/didr-heavy.lock python benchmarks/true_shapes.py --backbone zimage --n-layers 30 --resolution 128
 
 Random-weight pipeline folders are written once, in a child process, from the published configs
 (``didr.models.real_shapes``), under ``--cache``. The run itself is the user's command,
 ``python -m didr train CONFIG --out DIR``, on a config that this script writes: a LoRA generator and a
 LoRA TA (rank 64), DRP with k = 2 and checkpointing, bf16 weights and autocast, the real VAE
 decoding at reduced resolution (``decode_downscale``), and PickScore's full-width CLIP ViT-H/14 as the
-reward. This script watches the run from outside. When training starts (``train.log``) and after
-each step (``metrics.jsonl``) it reads the run's peak resident memory (``VmHWM``) and resets it
+reward, in ``--reward-dtype`` (float32 unless told, as didr loads rewards; the run's reward spec and
+the estimate get the same). This script watches the run from outside. When training starts
+(``train.log``) and after each step (``metrics.jsonl``) it reads the run's peak resident memory (``VmHWM``) and resets it
 (``/proc/PID/clear_refs``). So the peaks of building, of each step and of the checkpoint and export
 are separate. Each run's record is appended to ``benchmarks/results/true_shapes.md``.
 """
@@ -69,7 +70,7 @@ def ensure_folder(what: str, folder: Path, dtype: str, n_layers: int | None) -> 
 
 def run_config(args, pipeline: Path, clip: Path) -> dict:
     backbone = {
-        "kind": args.backbone, "pretrained": str(pipeline), "prompt_list": PROMPTS, "reward": f"pickscore:{clip}",
+        "kind": args.backbone, "pretrained": str(pipeline), "prompt_list": PROMPTS, "reward": f"pickscore:{clip}?dtype={args.reward_dtype}",
         "resolution": args.resolution, "generator_lora_rank": args.lora_rank, "ta_lora_rank": args.lora_rank,
         "share_base": args.share_base, "dtype": "bfloat16", "autocast": "bf16", "gradient_checkpointing": True,
         "decode_micro_batch": 1, "decode_checkpoint": True, "decode_downscale": args.decode_downscale, "device": "cpu",
@@ -134,6 +135,7 @@ def main() -> None:
     p.add_argument("--ta-updates", type=int, default=1)
     p.add_argument("--drp-steps", type=int, default=2)
     p.add_argument("--lora-rank", type=int, default=64)
+    p.add_argument("--reward-dtype", default="float32", choices=["bfloat16", "float32"], help="PickScore's weights (didr's default: float32)")
     p.add_argument("--share-base", action=argparse.BooleanOptionalAction, default=True,
                    help="the LoRA generator over the reference shares its network (--no-share-base: a separate copy)")
     p.add_argument("--separate-generator", action="store_true", help="the generator is a second network (DMD2's UNet, Z-Image-Turbo)")
@@ -169,7 +171,7 @@ def main() -> None:
 
     shared = args.share_base and not args.separate_generator
     setting = Setting(backbone=args.backbone, resolution=args.resolution, batch=args.batch, n_layers=args.n_layers, lora_rank=args.lora_rank,
-                      ta_lora_rank=args.lora_rank, share_base=shared, decode_downscale=args.decode_downscale,
+                      ta_lora_rank=args.lora_rank, share_base=shared, decode_downscale=args.decode_downscale, reward_dtype=args.reward_dtype,
                       text_tokens=64 if args.backbone == "zimage" else None)
     est = estimate(setting)
     record(args, label, cfg, result, baseline, est, wall, load)
@@ -189,7 +191,7 @@ def record(args, label, cfg, result, baseline, est, wall, load) -> None:
         f"Command: `flock /tmp/didr-heavy.lock {cmd}`  ",
         f"Machine: {machine()}; torch {args.threads} thread(s); load average {load[0]:.1f} when it started (other work shared the machine).  ",
         f"Date: {datetime.date.today().isoformat()}. Wall time {wall / 60:.1f} min, of which steps {secs[-1] / 60 if secs else float('nan'):.1f} min.  ",
-        f"Setting: {json.dumps({k: v for k, v in cfg['backbone'].items() if k not in ('pretrained', 'prompt_list', 'reward')})}; "
+        f"Setting: {json.dumps({k: v for k, v in cfg['backbone'].items() if k not in ('pretrained', 'prompt_list')})}; "
         f"method {json.dumps(cfg['method'])}; train {json.dumps({k: cfg['train'][k] for k in ('steps', 'batch_size', 'ta_updates')})}; "
         f"skipped (non-finite) steps: {bad:.0f}.",
         "",
