@@ -389,6 +389,7 @@ def build_run_objective(run_cfg, t2i: TextToImage):
 def run_text_to_image(run_cfg, out_dir: Path) -> dict:
     """``didr train`` entry point: build, check, train with the configured objective, export."""
     from didr.models.export import export_generator
+    from didr.train.distributed import is_main_process
     from didr.train.loop import Alignment, Trainer
 
     t2i = build(run_cfg.backbone, out_dir)
@@ -396,5 +397,6 @@ def run_text_to_image(run_cfg, out_dir: Path) -> dict:
     alignment = Alignment(t2i.generator, t2i.reference, t2i.ta, objective, t2i.sample_inputs)
     trainer = Trainer(alignment, run_cfg.train, out_dir, desc=f"{run_cfg.method.name} {t2i.cfg.kind}")
     logs = trainer.run()
-    export_generator(t2i, trainer.sampling_generator, out_dir / "export")
+    if is_main_process():  # every process holds the same generator; one writes it
+        export_generator(t2i, trainer.sampling_generator, out_dir / "export")
     return {k: float(v) for k, v in logs.items()}
