@@ -131,24 +131,24 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
-    """The top-level mapping of a YAML config file.
+def read_yaml(path: str | Path, what: str = "config file", fields: str = "section: fields") -> dict:
+    """The top-level mapping of a YAML (or JSON) file; ``what`` names the file in errors.
 
     An empty file (or one holding only comments, ``null`` or ``{}``) is refused rather than read as
-    "all defaults": a run from an empty file would silently start the default experiment.
+    "all defaults": a run from an empty config would silently start the default experiment.
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{what} {path}: not valid YAML or JSON ({str(err).splitlines()[0]})") from None
     if data is None or data == {}:
-        raise ConfigError(f"{path} is empty; a config needs at least its sections (e.g. experiment: toy)")
+        raise ConfigError(f"{what} {path} is empty; it needs at least its {fields}")
     if not isinstance(data, dict):
         kind = type(data).__name__
-        raise ConfigError(f"{path}: expected a mapping at the top level (section: fields), got {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
+        raise ConfigError(f"{what} {path}: expected a mapping at the top level ({fields}), got {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
     return data
 
 

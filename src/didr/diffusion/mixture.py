@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from didr.config import read_yaml
 from didr.diffusion.schedules import NoiseSchedule, broadcast_to
 from didr.errors import ConfigError
 from didr.models.denoiser import Denoiser, per_sample_time
@@ -161,17 +162,7 @@ MIXTURE_FIELDS = ("means", "stds", "weights")
 
 def read_mixture_file(path: str | Path) -> tuple:
     """(means, stds, weights) from a YAML / JSON file, checked by :class:`GaussianMixture`."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"mixture file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"mixture file {path}: not valid YAML or JSON ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"mixture file {path}: expected a mapping with fields {', '.join(MIXTURE_FIELDS)}")
+    data = read_yaml(path, what="mixture file", fields=", ".join(MIXTURE_FIELDS))
     missing = [f for f in MIXTURE_FIELDS if f not in data]
     unknown = sorted(set(data) - set(MIXTURE_FIELDS))
     if missing or unknown:
