@@ -18,63 +18,21 @@ Writes benchmarks/results/fewstep_toy.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import platform
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from didr.diffusion.mixture import MixtureDenoiser, TiltedDensity
-from didr.eval.toy_metrics import w1_to_density
+from didr.experiments.fewstep_toy import Regime, initial_two_step, score_two_step, train_two_step
 from didr.experiments.toy import ToyConfig, prepare_stages
-from didr.models.generators import ForwardNoisedSteps, StepGenerator, generator_times
-from didr.objectives.config import MethodConfig, build_objective
-from didr.rewards.toy import parse_toy_reward
-from didr.train import Alignment, Trainer, TrainConfig
-
-
-@dataclass
-class Regime:
-    label: str
-    t_max: float  # DI's omega(t) is zero above it
-    steps: int
-    batch: int
-    ta_updates: int
-
 
 REGIMES = {
     "short": Regime("150 steps, batch 128, 2 TA updates, DI on t <= 0.4 (the test's setting)", 0.4, 150, 128, 2),
     "long": Regime("600 steps, batch 512, 5 TA updates, DI on every t", 0.999, 600, 512, 5),
 }
-
-
-def train(stages, regime: Regime, simulate: bool, renoise: str, seed: int) -> torch.nn.Module:
-    times = generator_times(stages.schedule, 1.0, 2)
-    net = copy.deepcopy(stages.reference_net).requires_grad_(True)
-    if simulate:
-        gen = StepGenerator(net, times, renoise=renoise)
-    else:
-        gen = ForwardNoisedSteps(net, times, data=lambda n: stages.mixture.sample(n).float(), renoise=renoise)
-    objective = build_objective(MethodConfig(name="di", t_max=regime.t_max), stages.schedule, parse_toy_reward("sigmoid:4"))
-    ta = copy.deepcopy(stages.reference_net).requires_grad_(True)
-    alignment = Alignment(gen, MixtureDenoiser(stages.mixture, stages.schedule), ta, objective, lambda n: (torch.randn(n, 1), None))
-    cfg = TrainConfig(steps=regime.steps, batch_size=regime.batch, ta_updates=regime.ta_updates, lr_generator=1e-4, lr_ta=1e-3,
-                      log_every=regime.steps, progress=False, seed=seed)
-    Trainer(alignment, cfg).run()
-    return gen
-
-
-def score(stages, gen, seed: int) -> dict[str, float]:
-    z = torch.randn(20000, 1, generator=torch.Generator().manual_seed(100 + seed))
-    with torch.no_grad():
-        x = gen.eval()(z).double()
-    tilted = TiltedDensity(stages.mixture, parse_toy_reward("sigmoid:4"), beta=1.0)  # its ref_density is q0
-    frac = float((x > 0).double().mean())
-    return {"w1": w1_to_density(x.numpy(), tilted, tilted.ref_density.numpy()), "frac": frac, "collapsed": float(min(frac, 1 - frac) < 0.1)}
 
 
 def mean_se(values: list[float]) -> str:
@@ -99,9 +57,9 @@ def main() -> None:
     for key in args.regimes.split(","):
         regime, n = REGIMES[key], args.seeds if key == "short" else min(args.seeds, 4)
         for renoise in args.renoise.split(","):
-            initial = score(stages, StepGenerator(copy.deepcopy(stages.reference_net), generator_times(stages.schedule, 1.0, 2), renoise=renoise), 0)
+            initial = score_two_step(stages, initial_two_step(stages, renoise), 0)
             for simulate in (True, False):
-                runs = [score(stages, train(stages, regime, simulate, renoise, s), s) for s in range(n)]
+                runs = [score_two_step(stages, train_two_step(stages, regime, simulate, renoise, s), s) for s in range(n)]
                 name = "backward simulation" if simulate else "forward-noised data"
                 row = (regime.label, renoise, name, n, mean_se([r["w1"] for r in runs]), ", ".join(f"{r['w1']:.2f}" for r in runs),
                        ", ".join(f"{r['frac']:.2f}" for r in runs), int(sum(r["collapsed"] for r in runs)), f"{initial['w1']:.3f}")

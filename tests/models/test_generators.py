@@ -3,13 +3,13 @@ step per call on the state the generator's own earlier steps reach, with no grad
 
 from __future__ import annotations
 
-import copy
 import pytest
 import torch
 
 from didr.diffusion.samplers import ddim_sample
 from didr.diffusion.schedules import VPCosineSchedule
 from didr.errors import ConfigError
+from didr.experiments.fewstep_toy import Regime, initial_two_step, score_two_step, train_two_step
 from didr.models.generators import ForwardNoisedSteps, StepGenerator, generator_times
 from didr.models.mlp import MLPDenoiser
 from gloo_ranks import on_two_gloo_ranks
@@ -143,36 +143,8 @@ def toy_stages():
 
 def two_step_w1(stages, simulate: bool, renoise: str, seed: int) -> float:
     """W1 to q_0 of a 2-step generator trained with DI for 150 steps (DI's omega on t <= 0.4)."""
-    from didr.diffusion.mixture import MixtureDenoiser
-    from didr.objectives.config import MethodConfig, build_objective
-    from didr.rewards.toy import parse_toy_reward
-    from didr.train import Alignment, Trainer, TrainConfig
-
-    times = generator_times(stages.schedule, 1.0, 2)
-    net = copy.deepcopy(stages.reference_net).requires_grad_(True)
-    if simulate:
-        gen = StepGenerator(net, times, renoise=renoise)
-    else:
-        gen = ForwardNoisedSteps(net, times, data=lambda n: stages.mixture.sample(n).float(), renoise=renoise)
-    objective = build_objective(MethodConfig(name="di", t_max=0.4), stages.schedule, parse_toy_reward("sigmoid:4"))  # DI: no reward
-    ta = copy.deepcopy(stages.reference_net).requires_grad_(True)
-    alignment = Alignment(gen, MixtureDenoiser(stages.mixture, stages.schedule), ta, objective, lambda n: (torch.randn(n, 1), None))
-    cfg = TrainConfig(steps=150, batch_size=128, ta_updates=2, lr_generator=1e-4, lr_ta=1e-3, log_every=150, progress=False, seed=seed)
-    Trainer(alignment, cfg).run()
-    return w1_to_q0(stages, gen, seed)
-
-
-def w1_to_q0(stages, gen, seed: int) -> float:
-    """W1 between 20,000 samples of the generator (every step) and the mixture q_0."""
-    from didr.diffusion.mixture import TiltedDensity
-    from didr.eval.toy_metrics import w1_to_density
-    from didr.rewards.toy import parse_toy_reward
-
-    z = torch.randn(20000, 1, generator=torch.Generator().manual_seed(100 + seed))
-    with torch.no_grad():
-        x = gen.eval()(z).double().numpy()
-    tilted = TiltedDensity(stages.mixture, parse_toy_reward("sigmoid:4"), beta=1.0)  # its ref_density is q_0
-    return w1_to_density(x, tilted, tilted.ref_density.numpy())
+    regime = Regime("short", t_max=0.4, steps=150, batch=128, ta_updates=2)
+    return score_two_step(stages, train_two_step(stages, regime, simulate, renoise, seed), seed)["w1"]
 
 
 @pytest.mark.parametrize("renoise", ["ddim", pytest.param("fresh", marks=pytest.mark.slow)])
@@ -181,8 +153,7 @@ def test_backward_simulation_matches_the_target_at_least_as_well_as_forward_nois
     noised data, the last step never sees what the first one actually produces, so at sampling
     time the first step's errors (here: its outputs falling into one mode) pass straight through."""
     seeds = [0, 1, 2]
-    times = generator_times(toy_stages.schedule, 1.0, 2)
-    initial = w1_to_q0(toy_stages, StepGenerator(copy.deepcopy(toy_stages.reference_net), times, renoise=renoise), 0)
+    initial = score_two_step(toy_stages, initial_two_step(toy_stages, renoise), 0)["w1"]
     simulated = [two_step_w1(toy_stages, True, renoise, s) for s in seeds]
     forward = [two_step_w1(toy_stages, False, renoise, s) for s in seeds]
     print(f"{renoise}: W1 to q0, initial {initial:.3f}, backward simulation {simulated}, forward-noised data {forward}")
