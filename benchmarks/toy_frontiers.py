@@ -118,7 +118,7 @@ def render_index() -> str:
         "over the class's default), so they were DI++ on a second alpha grid; those case reports were rewritten from the",
         "run cache without them, and the wall times below include those runs.",
         "",
-        "The runs here were trained before the library's later fixes to the objectives (non-finite checks, the generator's",
+        "The runs of the cases without `-dmdr` were trained before the library's later fixes to the objectives (non-finite checks, the generator's",
         "time range in the schedule's own time). Rerun from scratch after them, both smoke cases gave bit-identical",
         "samples in all 75 DIDR, DI++ and ReFL runs.",
         "",
