@@ -157,8 +157,9 @@ def main() -> None:
     p.add_argument("--preset", default="fast")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--estimators", action="store_true", help="DIDR with DRP k = 4 and k = 1, the exact and the Monte-Carlo DRS")
-    p.add_argument("--dmdr", action="store_true", help="DIDR against DMD with the reward added as DI++ adds it (cases default, ring)")
+    grids = p.add_mutually_exclusive_group()  # each names its own cases' methods and grids
+    grids.add_argument("--estimators", action="store_true", help="DIDR with DRP k = 4 and k = 1, the exact and the Monte-Carlo DRS")
+    grids.add_argument("--dmdr", action="store_true", help="DIDR against DMD with the reward added as DI++ adds it (cases default, ring)")
     p.add_argument("--runs", default="runs/toy-frontiers")
     args = p.parse_args()
     torch.set_num_threads(1)

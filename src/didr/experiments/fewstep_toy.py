@@ -40,12 +40,9 @@ def initial_two_step(stages, renoise: str) -> StepGenerator:
 def train_two_step(stages, regime: Regime, simulate: bool, renoise: str, seed: int) -> torch.nn.Module:
     """Train a 2-step generator with DI: its second step sees the first step's own output
     (``simulate``, backward simulation) or mixture samples noised to its time."""
-    times = generator_times(stages.schedule, 1.0, 2)
-    net = copy.deepcopy(stages.reference_net).requires_grad_(True)
-    if simulate:
-        gen = StepGenerator(net, times, renoise=renoise)
-    else:
-        gen = ForwardNoisedSteps(net, times, data=lambda n: stages.mixture.sample(n).float(), renoise=renoise)
+    gen = initial_two_step(stages, renoise).requires_grad_(True)
+    if not simulate:
+        gen = ForwardNoisedSteps(gen.denoiser, gen.times, data=lambda n: stages.mixture.sample(n).float(), renoise=renoise)
     objective = build_objective(MethodConfig(name="di", t_max=regime.t_max), stages.schedule, parse_toy_reward(_REWARD))
     ta = copy.deepcopy(stages.reference_net).requires_grad_(True)
     alignment = Alignment(gen, MixtureDenoiser(stages.mixture, stages.schedule), ta, objective, lambda n: (torch.randn(n, 1), None))
