@@ -20,7 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
-from didr.experiments.bench_report import render_report
+from didr.experiments.bench_report import ablation_summary, render_report, target_text
 
 #: results recorded beside each benchmark's report, listed at its end
 RELATED = {
@@ -40,10 +40,22 @@ def same_figures(a: dict, b: dict) -> bool:
     return a["dataset"] == b["dataset"] and a["fast"] == b["fast"] and strip(a["rows"]) == strip(b["rows"])
 
 
+def ablation_section(result: dict, name: str) -> str:
+    """The distillation ablation's variant table, with its command, machine, seeds and time."""
+    teacher = next(r for r in result["rows"] if r["family"] == "teacher")
+    return "\n".join([
+        "", "## Distillation ablation: what the loop alone costs in fidelity", "",
+        f"Command: `didr bench {result['dataset']} --ablation --out DIR` on the same stages. Machine: {result['machine']}. Date: {result['date']}. "
+        f"Time: {result['seconds']:.0f} s. Seeds: {', '.join(map(str, result['seeds']))}; FID real as mean ± 95% Student-t half-width.", "",
+        f"DI alone (no reward), one change of the loop at a time. {target_text(teacher)} Every row in full: [{name}_ablation.md]({name}_ablation.md).", "",
+        *ablation_summary(result), ""])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="the results' name, e.g. mnist: writes NAME.md and NAME_*.png")
     p.add_argument("--run", action="append", required=True, metavar="WHAT=DIR", help="a run's description and its --out directory; the first is reported")
+    p.add_argument("--ablation", metavar="DIR", help="the --out directory of a `didr bench NAME --ablation` run: its variant table goes into the report")
     p.add_argument("--out", required=True, help="the results directory")
     args = p.parse_args()
     runs = []
@@ -58,6 +70,8 @@ def main() -> None:
         timings.append((what, result))
     out = Path(args.out)
     text = render_report(first, figures=f"{args.name}_", timings=timings)
+    if args.ablation:
+        text += ablation_section(json.loads((Path(args.ablation) / "ablation.json").read_text()), args.name)
     if args.name in RELATED:
         text += "\n## Related results\n\n" + "\n".join(f"- [{f}]({f}): {what}" for f, what in RELATED[args.name]) + "\n"
     (out / f"{args.name}.md").write_text(text)

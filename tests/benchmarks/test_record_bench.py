@@ -67,6 +67,26 @@ def test_the_report_and_its_figures_come_from_the_first_run(record_bench, tmp_pa
     assert "## Related results" in text and "[mnist_init.md](mnist_init.md)" in text
 
 
+def test_the_ablation_table_goes_into_the_report(record_bench, tmp_path, monkeypatch):
+    scratch = _run_dir(tmp_path / "scratch", _result(1400.0))
+    teacher = _result(0.0)["rows"][0]
+    rows = [teacher, *_rows("DI", "baseline", [0.3, 0.3], [10.5, 10.7]), *_rows("DI", "steps x2", [0.3, 0.3], [12.0, 12.4])]
+    ablation = tmp_path / "ablation"
+    ablation.mkdir()
+    (ablation / "ablation.json").write_text(json.dumps({"dataset": "mnist", "machine": "test machine", "date": "2026-01-01", "seconds": 99.0,
+                                                        "seeds": [0, 1], "rows": rows, "notes": {"DI baseline": "the loop", "DI steps x2": "budget"}}))
+    out = tmp_path / "results"
+    out.mkdir()
+    monkeypatch.setattr(sys, "argv", ["record_bench.py", "--name", "mnist", "--out", str(out), "--run", f"from scratch={scratch}",
+                                      "--ablation", str(ablation)])
+    record_bench.main()
+    text = (out / "mnist.md").read_text()
+    assert "## Distillation ablation" in text and "`didr bench mnist --ablation --out DIR`" in text and "Time: 99 s. Seeds: 0, 1" in text
+    assert "| DI baseline | the loop | 2 | 10.6 ± 1.3 | 1.06 | +0.000 | +0.000 | yes |" in text
+    assert "| DI steps x2 | budget | 2 | 12.2 ± 2.5 | 1.22 | +0.000 | +0.000 | no |" in text
+    assert text.index("## Distillation ablation") > text.index("## Claims")
+
+
 def test_same_figures_ignores_only_the_times(record_bench):
     a = _result(1400.0)
     assert record_bench.same_figures(a, {**a, "rows": [{**r, "seconds": 0.0} for r in a["rows"]]})
