@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def fast_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "digits"
-    assert main(["bench", "digits", "--fast", "--out", str(out)]) == 0
+    assert main(["bench", "digits", "--fast", "--di-seeds", "3", "--out", str(out)]) == 0
     return out
 
 
@@ -33,9 +33,14 @@ def test_fast_bench_writes_the_report_table_figures_and_claims(fast_bench):
     assert "## Claims" in report and "Machine:" in report and "Command: `didr bench digits --fast" in report
     assert "## At equal reward, paired by seed" in report and "Seeds: 0, 1" in report
     metrics = json.loads((fast_bench / "metrics.json").read_text())
-    # every setting once per seed, in order
-    assert [r["label"] for r in metrics["rows"]] == labels[:3] + [r.label for r in runs for _ in (0, 1)]
-    assert [r["seed"] for r in metrics["rows"][3:5]] == [0, 1]
+    # every setting once per seed, in order; DI with its own, larger number of seeds
+    assert [r["label"] for r in metrics["rows"]] == labels[:3] + [r.label for r in runs for _ in range(3 if r.family == "DI" else 2)]
+    assert [r["seed"] for r in metrics["rows"][3:7]] == [0, 1, 2, 0]
+    assert metrics["seeds"] == [0, 1] and metrics["di_seeds"] == [0, 1, 2]
+    assert metrics["claims"]["di_fidelity"]["seeds"] == 3 and "over 3 seeds" in report
+    assert "DI 0 to 2 (3 seeds" in report
+    # the frontiers pair DI's seeds that the other methods ran
+    assert all("2 paired seeds" in c["summary"] for c in metrics["comparisons"] if c["ranges"])
     for row in metrics["rows"]:
         assert all(isinstance(row[k], float) and row[k] == row[k] for k in ("reward", "gold", "fid_real", "precision", "recall"))
     assert set(metrics["claims"]) >= {"beats_teacher_holds", "beats_teacher", "ahead"}
@@ -95,6 +100,14 @@ def test_bad_settings_exit_2_naming_the_field(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
+@pytest.mark.parametrize("flag", ["--seeds", "--di-seeds"])
+def test_a_seed_count_below_one_exits_2_naming_the_flag(tmp_path, capsys, flag):
+    assert main(["bench", "digits", "--fast", "--out", str(tmp_path), flag, "0"]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
 def test_one_thread_by_default():
     assert preset("mnist", fast=False).digits.threads == 1 and torch.get_num_threads() >= 1
 
@@ -124,9 +137,9 @@ def test_fidelity_ablation_writes_its_table(fast_bench, tmp_path):
     variants = [ABLATION[0], next(v for v in ABLATION if "target_cfg" in v.method), next(v for v in ABLATION if v.budget != 1.0)]
     result = ablation("digits", tmp_path, fast + ["train.progress=false"], seeds=2, log=lambda s: None, variants=variants)
     text = (tmp_path / "ablation.md").read_text()
-    assert "| variant | tests | FID real / teacher | precision - teacher | recall - teacher | within target |" in text
+    assert "| variant | tests | seeds | FID real | FID real / teacher | precision - teacher | recall - teacher | means within target |" in text
     for v in variants:
-        assert f"| {v.label} | {v.note} |" in text
+        assert f"| {v.label} | {v.note} | 2 |" in text
     steps = {r["label"]: r for r in result["rows"]}
     assert len(result["rows"]) == 3 + 2 * len(variants)
     # the doubled budget ran twice the preset's generator updates
