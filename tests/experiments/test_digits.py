@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def fast_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "digits"
-    assert main(["bench", "digits", "--fast", "--di-seeds", "3", "--out", str(out)]) == 0
+    assert main(["bench", "digits", "--fast", "--di-seeds", "3", "--jobs", "2", "--out", str(out)]) == 0
     return out
 
 
@@ -50,6 +50,16 @@ def test_fast_bench_writes_the_report_table_figures_and_claims(fast_bench):
     # the Monte-Carlo DRS estimator runs too, and no pairing of alpha with 1 / beta is left
     assert any("MC" in label for label in labels)
     assert "matched" not in report.lower()
+
+
+def test_worker_processes_change_no_figure(fast_bench, tmp_path):
+    """The fixture trained its runs in 2 worker processes; in this process alone, on the same
+    stages, every row is the same but for the times."""
+    shutil.copytree(fast_bench / "stages", tmp_path / "stages")
+    assert main(["bench", "digits", "--fast", "--di-seeds", "3", "--jobs", "1", "--out", str(tmp_path)]) == 0
+    strip = lambda path: [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((path / "metrics.json").read_text())["rows"]]  # noqa: E731
+    assert strip(tmp_path) == strip(fast_bench)
+    assert json.loads((fast_bench / "metrics.json").read_text())["jobs"] == 2
 
 
 def test_a_rerun_reuses_cached_stages_and_methods(fast_bench):
@@ -100,7 +110,7 @@ def test_bad_settings_exit_2_naming_the_field(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
-@pytest.mark.parametrize("flag", ["--seeds", "--di-seeds"])
+@pytest.mark.parametrize("flag", ["--seeds", "--di-seeds", "--jobs"])
 def test_a_seed_count_below_one_exits_2_naming_the_flag(tmp_path, capsys, flag):
     assert main(["bench", "digits", "--fast", "--out", str(tmp_path), flag, "0"]) == 2
     err = capsys.readouterr().err
@@ -118,8 +128,8 @@ def test_stages_survive_an_interrupted_run(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(digits, "align", interrupted)
-    assert main(["bench", "digits", "--fast", "--out", str(tmp_path)]) == 130
+    monkeypatch.setattr(digits, "align", interrupted)  # in this process: no worker processes
+    assert main(["bench", "digits", "--fast", "--jobs", "1", "--out", str(tmp_path)]) == 130
     stages = sorted((tmp_path / "stages").glob("*.safetensors"))
     assert {p.stem for p in stages} >= {"reference", "classifier", "eval_classifier", "preference", "teacher_pool", "generator_init"}
     assert not list((tmp_path / "stages").glob("*.tmp"))
@@ -127,6 +137,25 @@ def test_stages_survive_an_interrupted_run(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert main(["bench", "digits", "--fast", "--out", str(tmp_path)]) == 0
     assert {p: p.stat().st_mtime_ns for p in stages} == before
+
+
+def test_an_interrupt_with_worker_processes_stops_them_and_keeps_finished_runs(fast_bench, tmp_path, monkeypatch):
+    from didr.experiments import bench_cli
+
+    shutil.copytree(fast_bench / "stages", tmp_path / "stages")
+    evaluated = []
+
+    def run(self, run, seed):
+        evaluated.append((run.label, seed))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_cli.Bench, "run", run)
+    assert main(["bench", "digits", "--fast", "--jobs", "2", "--out", str(tmp_path)]) == 130
+    assert evaluated == [("DI", 0)]  # the first run, trained by a worker, then the interrupt
+    finished = list((tmp_path / "runs").glob("*/generator.safetensors"))
+    assert (tmp_path / "runs" / "DI_s0" / "generator.safetensors") in finished
+    assert not list((tmp_path / "runs").glob("*/*.tmp"))
+    assert len(finished) < len(sweep("digits", fast=True)) * 2  # the queued runs were cancelled
 
 
 def test_fidelity_ablation_writes_its_table(fast_bench, tmp_path):

@@ -1,6 +1,6 @@
 """``didr bench digits|mnist [--fast] [--ablation] --out DIR``: every method on real digits, with seeds.
 
-    didr bench mnist --out runs/mnist                 # the benchmark (benchmarks/results/mnist.md)
+    didr bench mnist --out runs/mnist                 # the benchmark (benchmarks/results/mnist.md), 2 processes
     didr bench mnist --ablation --out runs/mnist      # what the loop alone costs in fidelity (DI only)
     didr bench digits --fast --out runs/digits-fast   # a smoke test of every stage and method
 
@@ -16,6 +16,8 @@ FID to the empirical optimum of the run's own reward (FID p*, method.md §7) and
 attribute's deficit. Writes ``metrics.json``, ``frontiers.png``, ``samples.png``, one grid per
 setting under ``grids/`` and ``report.md``. Stages are cached under ``OUT/stages/`` and each
 finished run under ``OUT/runs/``, so a rerun, or a run resumed after an interruption, skips them.
+Once the stages are built, ``--jobs`` worker processes train the runs (each depends only on its
+seed and the stages, so the figures are the same for any number of them).
 
 ``--ablation`` runs DI alone (no reward) under variants of the loop and writes ``ablation.md``:
 which setting costs fidelity against the teacher.
@@ -182,7 +184,8 @@ def run_method(stages, run: Run, cfg, out: Path, seed: int) -> dict:
 
     method, train = run_configs(run, cfg, seed)
     target_cfg = run.method.get("target_cfg")
-    key = digest({"stages": stages.keys, "method": cfgio.to_dict(method), "train": cfgio.to_dict(train), "target_cfg": target_cfg})
+    trained = {k: v for k, v in cfgio.to_dict(train).items() if k != "progress"}  # how a run reports itself is not what it trains
+    key = digest({"stages": stages.keys, "method": cfgio.to_dict(method), "train": trained, "target_cfg": target_cfg})
     run_dir = out / "runs" / f"{slug(run.label)}_s{seed}"
     path = run_dir / "generator.safetensors"
     start = time.perf_counter()
@@ -199,15 +202,40 @@ def run_method(stages, run: Run, cfg, out: Path, seed: int) -> dict:
     return {"generator": generator, "seconds": seconds}
 
 
+#: a worker process's stages and settings, loaded once by :func:`_init_worker`
+_WORKER: dict = {}
+
+
+def _init_worker(dataset: str, out: str, fast: bool, overrides: list[str]) -> None:
+    """Load the stages the main process built (from ``OUT/stages``) into this worker."""
+    from didr.experiments.digits import prepare_stages
+
+    cfg = preset(dataset, fast, [*overrides, "train.progress=false"])  # the main process reports each run
+    torch.set_num_threads(cfg.digits.threads)
+    _WORKER.update(cfg=cfg, out=Path(out), stages=prepare_stages(cfg.digits, cfg.train.seed, Path(out) / "stages", progress=False))
+
+
+def _train_task(run: Run, seed: int) -> float:
+    """Train (or find cached) one run in a worker; the main process loads and evaluates it."""
+    return run_method(_WORKER["stages"], run, _WORKER["cfg"], _WORKER["out"], seed)["seconds"]
+
+
+def default_jobs() -> int:
+    """Two processes where there are two cores (the benchmark's machine), one otherwise."""
+    import os
+
+    return min(2, os.cpu_count() or 1)
+
+
 class Bench:
     """Shared by the benchmark and the ablation: stages, evaluation inputs, rows, grids."""
 
-    def __init__(self, dataset: str, out: Path, fast: bool, overrides: list[str] | None, log):
+    def __init__(self, dataset: str, out: Path, fast: bool, overrides: list[str] | None, log, jobs: int = 1):
         from didr.experiments.digits import EVAL_SEED, Evaluator, prepare_stages
 
         self.cfg = preset(dataset, fast, overrides)
         torch.set_num_threads(self.cfg.digits.threads)
-        self.dataset, self.out, self.fast = dataset, out, fast
+        self.dataset, self.out, self.fast, self.overrides, self.jobs = dataset, out, fast, list(overrides or []), jobs
         out.mkdir(parents=True, exist_ok=True)
         self.t0, self.load_start = time.perf_counter(), _load()
         self.log = lambda msg: log(f"[{time.perf_counter() - self.t0:7.1f} s] {msg}")  # noqa: E731
@@ -268,28 +296,49 @@ class Bench:
         res = run_method(self.stages, run, self.cfg, self.out, seed)
         return self.record(run.label, run.family, run.setting, seed, 1, lambda z, c: generate(res["generator"], z, c), res["seconds"])
 
+    def run_all(self, tasks: list[tuple[Run, int]]) -> None:
+        """Every (run, seed), rows in this order. With ``jobs`` > 1, worker processes (one torch
+        thread each) train the runs, in this order, while this process evaluates each as it is done;
+        a run depends only on its seed and the stages, so the figures do not depend on ``jobs``."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self.jobs <= 1:
+            for run, seed in tasks:
+                self.run(run, seed)
+            return
+        self.log(f"{len(tasks)} runs in {self.jobs} worker processes")
+        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                   initargs=(self.dataset, str(self.out), self.fast, self.overrides))
+        try:
+            futures = [pool.submit(_train_task, run, seed) for run, seed in tasks]
+            for (run, seed), future in zip(tasks, futures):
+                future.result()
+                self.run(run, seed)  # loads the worker's cached generator
+        finally:
+            pool.shutdown(cancel_futures=True)
+
     def header(self) -> dict:
         prompts = self.stages.prompts
         phrasings = {split: prompts.count(split) for split in ("seen", "unseen")} if prompts.kind == "text" else {"seen": prompts.count()}
         return {"dataset": self.dataset, "fast": self.fast, "config": cfgio.to_dict(self.cfg), "machine": _machine(), "date": date.today().isoformat(),
                 "load": {"start": self.load_start, "end": _load()}, "train": len(self.stages.data.train_x), "heldout": len(self.stages.data.test_x),
-                "prompts": self.cfg.digits.prompts, "phrasings": phrasings}
+                "prompts": self.cfg.digits.prompts, "phrasings": phrasings, "jobs": self.jobs}
 
 
 def bench(dataset: str, out: Path, fast: bool = False, overrides: list[str] | None = None, seeds: int | None = None, log=print,
-          di_seeds: int | None = None) -> dict:
+          di_seeds: int | None = None, jobs: int = 1) -> dict:
     """Run the comparison and write metrics.json, frontiers.png, samples.png, grids/ and report.md
-    under ``out``. ``seeds``: per setting; ``di_seeds``: for DI (at least ``seeds``)."""
+    under ``out``. ``seeds``: per setting; ``di_seeds``: for DI (at least ``seeds``); ``jobs``:
+    processes that train the runs."""
     from didr.eval.frontier import plot_frontiers
 
-    b = Bench(dataset, out, fast, overrides, log)
+    b = Bench(dataset, out, fast, overrides, log, jobs)
     kind = "fast" if fast else "full"
     seeds = list(range(seeds or SEEDS[kind]))
     di = list(range(max(di_seeds or DI_SEEDS[kind], len(seeds))))
     b.references()
-    for run in sweep(dataset, fast):
-        for seed in di if run.family == "DI" else seeds:
-            b.run(run, seed)
+    b.run_all([(run, seed) for run in sweep(dataset, fast) for seed in (di if run.family == "DI" else seeds)])
     points, comparisons, found = analyse(b.rows)
     total = time.perf_counter() - b.t0
     plot_frontiers(points, list(METRICS), out / "frontiers.png", title=f"didr bench {dataset}: reward against error, {len(seeds)} seeds", log_y=True,
@@ -303,13 +352,12 @@ def bench(dataset: str, out: Path, fast: bool = False, overrides: list[str] | No
     return result
 
 
-def ablation(dataset: str, out: Path, overrides: list[str] | None = None, seeds: int = 2, log=print, variants: list[Run] | None = None) -> dict:
+def ablation(dataset: str, out: Path, overrides: list[str] | None = None, seeds: int = 2, log=print, variants: list[Run] | None = None,
+             jobs: int = 1) -> dict:
     """DI alone under each variant of the loop; writes ablation.md and ablation.json."""
-    b = Bench(dataset, out, False, overrides, log)
+    b = Bench(dataset, out, False, overrides, log, jobs)
     b.references()
-    for run in variants or ABLATION:
-        for seed in range(seeds):
-            b.run(run, seed)
+    b.run_all([(run, seed) for run in variants or ABLATION for seed in range(seeds)])
     result = {**b.header(), "seeds": list(range(seeds)), "seconds": round(time.perf_counter() - b.t0, 1), "rows": b.rows,
               "notes": {r.label: r.note for r in variants or ABLATION}}
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
@@ -320,15 +368,15 @@ def ablation(dataset: str, out: Path, overrides: list[str] | None = None, seeds:
 def _run(args: argparse.Namespace) -> int:
     from didr.errors import ConfigError
 
-    for flag, value in (("--seeds", args.seeds), ("--di-seeds", args.di_seeds)):
+    for flag, value in (("--seeds", args.seeds), ("--di-seeds", args.di_seeds), ("--jobs", args.jobs)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     out = Path(args.out)
     if args.ablation:
-        ablation(args.dataset, out, args.set or [], seeds=args.seeds or 2)
+        ablation(args.dataset, out, args.set or [], seeds=args.seeds or 2, jobs=args.jobs or default_jobs())
         print(f"wrote {out / 'ablation.md'}")
         return 0
-    result = bench(args.dataset, out, args.fast, args.set or [], seeds=args.seeds, di_seeds=args.di_seeds)
+    result = bench(args.dataset, out, args.fast, args.set or [], seeds=args.seeds, di_seeds=args.di_seeds, jobs=args.jobs or default_jobs())
     print(f"wrote {out / 'report.md'} ({result['seconds']['total']:.0f} s)")
     return 0
 
@@ -342,5 +390,7 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=int, metavar="N", help=f"alignment seeds per setting (default {SEEDS['full']}, --fast {SEEDS['fast']}, --ablation 2)")
     p.add_argument("--di-seeds", type=int, metavar="N", help=f"seeds of DI, whose fidelity claim needs a narrow interval (default {DI_SEEDS['full']}, "
                    f"--fast {DI_SEEDS['fast']}; never fewer than --seeds)")
+    p.add_argument("--jobs", type=int, metavar="N", help="processes (one torch thread each) that train the runs once the stages are built; "
+                   "the figures do not depend on it (default: 2 where there are 2 cores or more, else 1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset field, e.g. train.steps=100 (repeatable)")
     p.set_defaults(func=_run)
