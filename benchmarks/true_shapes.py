@@ -204,7 +204,7 @@ def record(args, label, cfg, result, baseline, est, wall, load) -> None:
         lines.append(f"| {name} | {value / GIB:.2f} | {sec} |")
     lines += [
         "",
-        f"Estimate for the same setting (`memory_estimate.py`, GiB): "
+        "Estimate for the same setting (`memory_estimate.py`, GiB): "
         + "; ".join(f"{k} {v:.2f}" for k, v in est.items() if k != "total" and not k.startswith("parts"))
         + f"; plus this machine's Python process with its libraries imported, {baseline / GIB:.2f} (measured).",
         "",

@@ -62,6 +62,19 @@ def test_worker_processes_change_no_figure(fast_bench, tmp_path):
     assert json.loads((fast_bench / "metrics.json").read_text())["jobs"] == 2
 
 
+def test_rewards_trained_beside_the_reference_are_the_ones_trained_after_it(fast_bench, tmp_path):
+    """The fixture's stages were built with --jobs 2 (the rewards in another process): built in
+    this process alone, every stage has the same weights."""
+    from safetensors.torch import load_file
+
+    from didr.experiments.digits import prepare_stages
+
+    prepare_stages(preset("digits", fast=True).digits, 0, tmp_path, progress=False, jobs=1)
+    for name in ("reference", "classifier", "eval_classifier", "preference", "generator_init"):
+        mine, theirs = load_file(tmp_path / f"{name}.safetensors"), load_file(fast_bench / "stages" / f"{name}.safetensors")
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
+
+
 def test_a_rerun_reuses_cached_stages_and_methods(fast_bench):
     files = sorted((fast_bench / "stages").glob("*.safetensors")) + sorted((fast_bench / "runs").glob("*/generator.safetensors"))
     assert len(files) >= 6 + 2 * len(sweep("digits", fast=True))

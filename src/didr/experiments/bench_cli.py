@@ -16,8 +16,9 @@ FID to the empirical optimum of the run's own reward (FID p*, method.md §7) and
 attribute's deficit. Writes ``metrics.json``, ``frontiers.png``, ``samples.png``, one grid per
 setting under ``grids/`` and ``report.md``. Stages are cached under ``OUT/stages/`` and each
 finished run under ``OUT/runs/``, so a rerun, or a run resumed after an interruption, skips them.
-Once the stages are built, ``--jobs`` worker processes train the runs (each depends only on its
-seed and the stages, so the figures are the same for any number of them).
+With ``--jobs`` > 1 the rewards train in another process beside the reference, and once the stages
+are built, worker processes train the runs (each depends only on its seed and the stages): the
+figures are the same for any number of them.
 
 ``--ablation`` runs DI alone (no reward) under variants of the loop and writes ``ablation.md``:
 which setting costs fidelity against the teacher.
@@ -239,7 +240,7 @@ class Bench:
         out.mkdir(parents=True, exist_ok=True)
         self.t0, self.load_start = time.perf_counter(), _load()
         self.log = lambda msg: log(f"[{time.perf_counter() - self.t0:7.1f} s] {msg}")  # noqa: E731
-        self.stages = prepare_stages(self.cfg.digits, self.cfg.train.seed, out / "stages", self.cfg.train.progress, self.log)
+        self.stages = prepare_stages(self.cfg.digits, self.cfg.train.seed, out / "stages", self.cfg.train.progress, self.log, jobs=jobs)
         self.t_stages = time.perf_counter() - self.t0
         self.evaluate = Evaluator(self.stages)
         n = self.cfg.digits.eval_samples
@@ -297,13 +298,15 @@ class Bench:
         return self.record(run.label, run.family, run.setting, seed, 1, lambda z, c: generate(res["generator"], z, c), res["seconds"])
 
     def run_all(self, tasks: list[tuple[Run, int]]) -> None:
-        """Every (run, seed), rows in this order. With ``jobs`` > 1, worker processes (one torch
-        thread each) train the runs, in this order, while this process evaluates each as it is done;
-        a run depends only on its seed and the stages, so the figures do not depend on ``jobs``."""
+        """The reference rows (real, teacher, initial), then every (run, seed), rows in this order.
+        With ``jobs`` > 1, worker processes (one torch thread each) train the runs, in this order,
+        from the start, while this process scores the references and then each run as it is done; a
+        run depends only on its seed and the stages, so the figures do not depend on ``jobs``."""
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         if self.jobs <= 1:
+            self.references()
             for run, seed in tasks:
                 self.run(run, seed)
             return
@@ -312,6 +315,7 @@ class Bench:
                                    initargs=(self.dataset, str(self.out), self.fast, self.overrides))
         try:
             futures = [pool.submit(_train_task, run, seed) for run, seed in tasks]
+            self.references()
             for (run, seed), future in zip(tasks, futures):
                 future.result()
                 self.run(run, seed)  # loads the worker's cached generator
@@ -337,7 +341,6 @@ def bench(dataset: str, out: Path, fast: bool = False, overrides: list[str] | No
     kind = "fast" if fast else "full"
     seeds = list(range(seeds or SEEDS[kind]))
     di = list(range(max(di_seeds or DI_SEEDS[kind], len(seeds))))
-    b.references()
     b.run_all([(run, seed) for run in sweep(dataset, fast) for seed in (di if run.family == "DI" else seeds)])
     points, comparisons, found = analyse(b.rows)
     total = time.perf_counter() - b.t0
@@ -356,7 +359,6 @@ def ablation(dataset: str, out: Path, overrides: list[str] | None = None, seeds:
              jobs: int = 1) -> dict:
     """DI alone under each variant of the loop; writes ablation.md and ablation.json."""
     b = Bench(dataset, out, False, overrides, log, jobs)
-    b.references()
     b.run_all([(run, seed) for run in variants or ABLATION for seed in range(seeds)])
     result = {**b.header(), "seeds": list(range(seeds)), "seconds": round(time.perf_counter() - b.t0, 1), "rows": b.rows,
               "notes": {r.label: r.note for r in variants or ABLATION}}
@@ -390,7 +392,7 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=int, metavar="N", help=f"alignment seeds per setting (default {SEEDS['full']}, --fast {SEEDS['fast']}, --ablation 2)")
     p.add_argument("--di-seeds", type=int, metavar="N", help=f"seeds of DI, whose fidelity claim needs a narrow interval (default {DI_SEEDS['full']}, "
                    f"--fast {DI_SEEDS['fast']}; never fewer than --seeds)")
-    p.add_argument("--jobs", type=int, metavar="N", help="processes (one torch thread each) that train the runs once the stages are built; "
+    p.add_argument("--jobs", type=int, metavar="N", help="processes (one torch thread each) that train the rewards beside the reference, then the runs; "
                    "the figures do not depend on it (default: 2 where there are 2 cores or more, else 1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset field, e.g. train.steps=100 (repeatable)")
     p.set_defaults(func=_run)

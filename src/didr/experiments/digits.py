@@ -316,15 +316,17 @@ def distill_generator(generator: OneStepGenerator, pool: dict[str, Tensor], prom
     generator.eval()
 
 
-def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = None, progress: bool = True, log: Callable[[str], None] = lambda s: None) -> DigitStages:
-    """Build (or load from ``stage_dir``) the data, prompts, reference, rewards and initial generator."""
+def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = None, progress: bool = True, log: Callable[[str], None] = lambda s: None,
+                   jobs: int = 1) -> DigitStages:
+    """Build (or load from ``stage_dir``) the data, prompts, reference, rewards and initial
+    generator. With ``jobs`` > 1 the rewards train in another process beside the reference (the
+    same networks: the same RNG state, the same steps)."""
     c = asdict(cfg)
     data = load_digit_data(cfg.dataset, cfg.holdout, seed)
     schedule = make_schedule(cfg.schedule)
-    size = data.shape[-1]
     path = (lambda name: stage_dir / f"{name}.safetensors") if stage_dir is not None else (lambda name: None)
     pick = lambda *names: {n: c[n] for n in names}  # noqa: E731
-    keys = {"data": digest({**pick("dataset", "holdout"), "seed": seed})}
+    keys = {"data": data_key(cfg, seed)}
 
     if cfg.prompts == "text":
         log("stage: text embeddings")
@@ -340,29 +342,26 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
     torch.manual_seed(seed)
     make_net = lambda: UNetDenoiser(schedule, data.n_classes, tuple(cfg.channels), cfg.patch, data.sigma_data(), text_dim=text_dim)  # noqa: E731
     net, ref_net = make_net(), make_net()
+    rng = torch.get_rng_state()  # the reward networks start from here, in whichever process trains them
     if text_dim:
         net.null_text.copy_(prompts.sets["seen"].null["text_embeds"])
     ref_net.load_state_dict(net.state_dict())
-    log("stage: reference")
-    cached_module(path("reference"), keys["reference"], ref_net, lambda: train_reference(net, ref_net, data, prompts, cfg, seed, progress))
+    aside = _rewards_aside(cfg, seed, stage_dir, rng) if jobs > 1 and stage_dir is not None else None
+    log("stage: reference" + (" (the rewards train beside it, in another process)" if aside else ""))
+    try:
+        cached_module(path("reference"), keys["reference"], ref_net, lambda: train_reference(net, ref_net, data, prompts, cfg, seed, progress))
+        if aside is not None:
+            aside[1].result()  # the rewards are cached now
+    finally:
+        if aside is not None:
+            aside[0].shutdown(cancel_futures=True)
     ref_net.requires_grad_(False).eval()
     reference = GuidedDenoiser(ref_net, cfg.cfg_scale, prompts.null_cond)
 
     log("stage: rewards")
-    keys["classifier"] = digest({"data": keys["data"], **pick("classifier_steps")})
-    classifier, eval_classifier = DigitCNN(data.n_classes, 32, 64, size), DigitCNN(data.n_classes, 24, 32, size)
-    x, y = data.train_x, data.train_y
-    cached_module(path("classifier"), keys["classifier"], classifier, lambda: train_classifier(classifier, x, y, steps=cfg.classifier_steps, seed=seed + 1))
-    cached_module(path("eval_classifier"), keys["classifier"], eval_classifier, lambda: train_classifier(eval_classifier, x, y, steps=cfg.classifier_steps, seed=seed + 2))
-    keys["preference"] = digest({"data": keys["data"], **pick("preference_steps", "preference_tau", "gold")})
-    preference = PreferenceReward(DigitCNN(1, 16, 32, size))
-    gold = gold_attribute(cfg.gold, x)
-
-    def fit_preference() -> None:
-        train_preference(preference.net, x, gold(x), steps=cfg.preference_steps, tau=cfg.preference_tau, seed=seed + 3)
-        preference.standardise_on(x)
-
-    cached_module(path("preference"), keys["preference"], preference, fit_preference)
+    torch.set_rng_state(rng)
+    classifier, eval_classifier, preference, gold, reward_keys = reward_stages(cfg, data, keys["data"], path, seed)
+    keys.update(reward_keys)
     reward = DigitReward(preference, ClassifierReward(classifier), cfg.prompt_weight)
 
     log("stage: teacher samples")
@@ -385,6 +384,51 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
     if cfg.generator_init == "teacher":
         cached_module(path("generator_init"), keys["generator"], generator, lambda: distill_generator(generator, pool, prompts, cfg, seed + 5, progress))
     return DigitStages(cfg, data, schedule, prompts, ref_net, reference, generator.eval(), classifier, eval_classifier, preference, reward, gold, keys)
+
+
+def reward_stages(cfg: DigitsConfig, data: DigitData, data_key: str, path: Callable[[str], Path | None], seed: int):
+    """The prompt classifier, the evaluation classifier and the preference model, trained on the
+    training split from the global RNG's current state (or loaded); with the gold attribute and
+    the stages' cache keys."""
+    size = data.shape[-1]
+    c = asdict(cfg)
+    keys = {"classifier": digest({"data": data_key, "classifier_steps": c["classifier_steps"]}),
+            "preference": digest({"data": data_key, **{n: c[n] for n in ("preference_steps", "preference_tau", "gold")}})}
+    classifier, eval_classifier = DigitCNN(data.n_classes, 32, 64, size), DigitCNN(data.n_classes, 24, 32, size)
+    x, y = data.train_x, data.train_y
+    cached_module(path("classifier"), keys["classifier"], classifier, lambda: train_classifier(classifier, x, y, steps=cfg.classifier_steps, seed=seed + 1))
+    cached_module(path("eval_classifier"), keys["classifier"], eval_classifier, lambda: train_classifier(eval_classifier, x, y, steps=cfg.classifier_steps, seed=seed + 2))
+    preference = PreferenceReward(DigitCNN(1, 16, 32, size))
+    gold = gold_attribute(cfg.gold, x)
+
+    def fit_preference() -> None:
+        train_preference(preference.net, x, gold(x), steps=cfg.preference_steps, tau=cfg.preference_tau, seed=seed + 3)
+        preference.standardise_on(x)
+
+    cached_module(path("preference"), keys["preference"], preference, fit_preference)
+    return classifier, eval_classifier, preference, gold, keys
+
+
+def _rewards_aside(cfg: DigitsConfig, seed: int, stage_dir: Path, rng: Tensor):
+    """(executor, future): the rewards trained (or found cached) in a spawned process from the
+    RNG state ``rng``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    return executor, executor.submit(_reward_task, asdict(cfg), seed, str(stage_dir), rng)
+
+
+def _reward_task(cfg: dict, seed: int, stage_dir: str, rng: Tensor) -> None:
+    digits = DigitsConfig(**cfg)
+    torch.set_num_threads(digits.threads)
+    data = load_digit_data(digits.dataset, digits.holdout, seed)
+    torch.set_rng_state(rng)
+    reward_stages(digits, data, data_key(digits, seed), lambda name: Path(stage_dir) / f"{name}.safetensors", seed)
+
+
+def data_key(cfg: DigitsConfig, seed: int) -> str:
+    return digest({"dataset": cfg.dataset, "holdout": cfg.holdout, "seed": seed})
 
 
 def align(stages: DigitStages, method: MethodConfig, train: TrainConfig, out_dir: Path | None = None, desc: str | None = None,
