@@ -47,7 +47,9 @@ def ablation_section(result: dict, name: str) -> str:
         "", "## Distillation ablation: what the loop alone costs in fidelity", "",
         f"Command: `didr bench {result['dataset']} --ablation --out DIR` on the same stages. Machine: {result['machine']}. Date: {result['date']}. "
         f"Time: {result['seconds']:.0f} s. Seeds: {', '.join(map(str, result['seeds']))}; FID real as mean ± 95% Student-t half-width.", "",
-        f"DI alone (no reward), one change of the loop at a time. {target_text(teacher)} Every row in full: [{name}_ablation.md]({name}_ablation.md).", "",
+        f"DI alone (no reward), one change of the loop at a time. {target_text(teacher)} With {len(result['seeds'])} seeds a 95% interval is wide "
+        f"(Student-t with {len(result['seeds']) - 1} degree{'s' if len(result['seeds']) != 2 else ''} of freedom): the table ranks the variants by their "
+        f"means and decides nothing. Every row in full: [{name}_ablation.md]({name}_ablation.md).", "",
         *ablation_summary(result), ""])
 
 
