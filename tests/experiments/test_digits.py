@@ -75,6 +75,25 @@ def test_rewards_trained_beside_the_reference_are_the_ones_trained_after_it(fast
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
 
 
+def test_a_teacher_pool_split_across_two_processes_is_the_same_pool():
+    """Text prompts, guidance, three batches (the split falls after the first): the samples the
+    spawned process draws are the ones this process would have drawn."""
+    from didr.diffusion.schedules import make_schedule
+    from didr.experiments.digits import TextPrompts, teacher_sample, teacher_sample_split
+    from didr.models.denoiser import GuidedDenoiser
+    from didr.models.text import PromptSet
+    from didr.models.unet import UNetDenoiser
+
+    torch.manual_seed(0)
+    rows = [{"text_embeds": torch.randn(6), "digit": torch.tensor(i % 10)} for i in range(12)]
+    prompts = TextPrompts({"seen": PromptSet([f"p{i}" for i in range(12)], rows, {"text_embeds": torch.zeros(6), "digit": torch.tensor(-1)})}, {})
+    reference = GuidedDenoiser(UNetDenoiser(make_schedule("vp-cosine"), 10, (8, 8), 1, text_dim=6).eval(), 2.0, prompts.null_cond)
+    z, cond = torch.randn(40, 1, 8, 8), prompts.batch(torch.arange(40) % 12)
+    alone = teacher_sample(reference, z, cond, steps=3, batch=16)
+    assert torch.equal(teacher_sample_split(reference, z, cond, steps=3, jobs=2, batch=16), alone)
+    assert torch.equal(teacher_sample_split(reference, z, cond, steps=3, jobs=1, batch=16), alone)
+
+
 def test_a_rerun_reuses_cached_stages_and_methods(fast_bench):
     files = sorted((fast_bench / "stages").glob("*.safetensors")) + sorted((fast_bench / "runs").glob("*/generator.safetensors"))
     assert len(files) >= 6 + 2 * len(sweep("digits", fast=True))

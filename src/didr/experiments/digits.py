@@ -250,6 +250,34 @@ def teacher_sample(reference: nn.Module, z: Tensor, cond: Any, steps: int, batch
     return torch.cat([ddim_sample(reference, zz, grid, cc) for zz, cc in zip(z.split(batch), split_cond(cond, batch))])
 
 
+def teacher_sample_split(reference: nn.Module, z: Tensor, cond: Any, steps: int, jobs: int = 1, batch: int = 500) -> Tensor:
+    """:func:`teacher_sample` with its later batches sampled in a spawned process, where ``jobs``
+    > 1. The split falls on a batch boundary and DDIM draws no noise, so the samples are the same."""
+    n_batches = -(-len(z) // batch)
+    if jobs <= 1 or n_batches < 2:
+        return teacher_sample(reference, z, cond, steps, batch)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    cut = (n_batches // 2) * batch
+    # copies: the executor's feeder thread moves what it sends into shared memory while this thread samples
+    late_args = copy.deepcopy((reference, z[cut:], _rows(cond, cut, len(z))))
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        late = executor.submit(_teacher_task, *late_args, steps, batch, torch.get_num_threads())
+        early = teacher_sample(reference, z[:cut], _rows(cond, 0, cut), steps, batch)
+        return torch.cat([early, late.result()])
+
+
+def _rows(cond: Any, lo: int, hi: int) -> Any:
+    """Rows lo:hi of a conditioning batch (a tensor, or a dict of tensors and lists)."""
+    return cond[lo:hi] if isinstance(cond, Tensor) else {k: v[lo:hi] for k, v in cond.items()}
+
+
+def _teacher_task(reference: nn.Module, z: Tensor, cond: Any, steps: int, batch: int, threads: int) -> Tensor:
+    torch.set_num_threads(threads)
+    return teacher_sample(reference, z, cond, steps, batch)
+
+
 @torch.no_grad()
 def generate(generator: nn.Module, z: Tensor, cond: Any, batch: int = 500) -> Tensor:
     generator.eval()
@@ -320,7 +348,8 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
                    jobs: int = 1) -> DigitStages:
     """Build (or load from ``stage_dir``) the data, prompts, reference, rewards and initial
     generator. With ``jobs`` > 1 the rewards train in another process beside the reference (the
-    same networks: the same RNG state, the same steps)."""
+    same networks: the same RNG state, the same steps) and another process samples half the
+    teacher pool."""
     c = asdict(cfg)
     data = load_digit_data(cfg.dataset, cfg.holdout, seed)
     schedule = make_schedule(cfg.schedule)
@@ -371,7 +400,7 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
         gen = torch.Generator().manual_seed(seed + 4)
         z = torch.randn(cfg.teacher_pool, *data.shape, generator=gen)
         index = torch.randint(0, prompts.count(), (cfg.teacher_pool,), generator=gen)
-        return {"z": z, "c": index, "x": teacher_sample(reference, z, prompts.batch(index), cfg.teacher_steps)}
+        return {"z": z, "c": index, "x": teacher_sample_split(reference, z, prompts.batch(index), cfg.teacher_steps, jobs)}
 
     pool = cached_tensors(path("teacher_pool"), keys["teacher"], teacher_pool)
 
@@ -416,7 +445,7 @@ def _rewards_aside(cfg: DigitsConfig, seed: int, stage_dir: Path, rng: Tensor):
     from concurrent.futures import ProcessPoolExecutor
 
     executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-    return executor, executor.submit(_reward_task, asdict(cfg), seed, str(stage_dir), rng)
+    return executor, executor.submit(_reward_task, asdict(cfg), seed, str(stage_dir), rng.clone())  # a copy: see teacher_sample_split
 
 
 def _reward_task(cfg: dict, seed: int, stage_dir: str, rng: Tensor) -> None:
