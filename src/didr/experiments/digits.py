@@ -42,6 +42,7 @@ from didr.diffusion.losses import dsm_loss, sample_times
 from didr.diffusion.samplers import ddim_sample
 from didr.diffusion.schedules import NoiseSchedule, make_schedule
 from didr.eval import image_metrics as im
+from didr.experiments.shards import ShardedGradients
 from didr.experiments.stages import cached_module, cached_tensors, digest
 from didr.models.denoiser import GuidedDenoiser
 from didr.models.text import PromptSet, SentenceEncoder, encode_cached, minilm_path
@@ -79,6 +80,7 @@ class DigitsConfig:
     distill_batch: int = 64
     distill_lr: float = 1e-3
     distill_ema: float = 0.0  # EMA of the regressed weights (0 = off): the initial generator is the EMA
+    distill_shards: int = 1  # each batch's gradient as the sum of this many shards': with --jobs >= shards, one process each
     classifier_steps: int = 600
     preference_steps: int = 800
     preference_tau: float = 0.1  # annotator noise: P(a > b) = sigmoid((g_a - g_b) / (tau std g))
@@ -101,6 +103,7 @@ class DigitsConfig:
         require(self.cfg_scale >= 1, f"{path}.cfg_scale", f"must be >= 1, got {self.cfg_scale}")
         for name in ("ref_steps", "ref_batch", "teacher_steps", "teacher_pool", "distill_batch", "classifier_steps", "preference_steps", "eval_samples", "threads"):
             require(getattr(self, name) >= 1, f"{path}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(1 <= self.distill_shards <= self.distill_batch, f"{path}.distill_shards", f"must be in [1, distill_batch], got {self.distill_shards}")
         require(self.distill_steps >= 0, f"{path}.distill_steps", f"must be >= 0, got {self.distill_steps}")
 
 
@@ -322,26 +325,48 @@ def _where_null(drop: Tensor, null: Any, cond: Any) -> Any:
     return [n if d else c for n, c, d in zip(null, cond, drop.tolist())]
 
 
-def distill_generator(generator: OneStepGenerator, pool: dict[str, Tensor], prompts, cfg: DigitsConfig, seed: int, progress: bool) -> None:
+def distill_generator(generator: OneStepGenerator, pool: dict[str, Tensor], prompts, cfg: DigitsConfig, seed: int, progress: bool,
+                      jobs: int = 1) -> None:
     """Matched-noise regression: g(z, c) onto the teacher's sample from the same (z, c). With
-    ``distill_ema`` the generator ends with the EMA of its weights."""
-    gen = torch.Generator().manual_seed(seed)
+    ``distill_ema`` the generator ends with the EMA of its weights. Each batch's gradient is the sum
+    of ``distill_shards`` shards' (:mod:`didr.experiments.shards`), computed in parallel when
+    ``jobs >= distill_shards``: the same weights whatever ``jobs`` is."""
     opt = torch.optim.Adam(generator.parameters(), lr=cfg.distill_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.distill_steps, 1), eta_min=cfg.distill_lr * 0.05)
     ema = copy.deepcopy(generator).requires_grad_(False) if cfg.distill_ema else None
     generator.train()
-    for step in progress_bar(range(cfg.distill_steps), "generator init", enabled=progress):
-        idx = torch.randint(0, len(pool["z"]), (cfg.distill_batch,), generator=gen)
-        loss = ((generator(pool["z"][idx], prompts.batch(pool["c"][idx])) - pool["x"][idx]) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if ema is not None:
-            _ema_update(ema, generator, min(cfg.distill_ema, step / (step + 10)))
+    task = RegressionShards(pool, prompts, cfg.distill_batch, cfg.distill_shards, seed)
+    with ShardedGradients(generator, task, cfg.distill_shards, jobs) as grads:
+        for step in progress_bar(range(cfg.distill_steps), "generator init", enabled=progress):
+            opt.zero_grad(set_to_none=True)
+            grads.compute()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                _ema_update(ema, generator, min(cfg.distill_ema, step / (step + 10)))
     if ema is not None:
         generator.load_state_dict(ema.state_dict())
     generator.eval()
+
+
+class RegressionShards:
+    """The regression's batches (rows of the teacher pool, drawn from ``seed``) and each shard's
+    part of the batch's mean squared error."""
+
+    def __init__(self, pool: dict[str, Tensor], prompts, batch: int, shards: int, seed: int):
+        self.pool, self.prompts, self.batch, self.shards, self.seed = pool, prompts, batch, shards, seed
+        self.gen: torch.Generator | None = None  # made on first use: a Generator does not pickle
+        self.rows = torch.empty(0, dtype=torch.long)
+
+    def advance(self) -> None:
+        if self.gen is None:
+            self.gen = torch.Generator().manual_seed(self.seed)
+        self.rows = torch.randint(0, len(self.pool["z"]), (self.batch,), generator=self.gen)
+
+    def loss(self, model: nn.Module, shard: int) -> Tensor:
+        rows = self.rows.tensor_split(self.shards)[shard]
+        z, x, c = self.pool["z"][rows], self.pool["x"][rows], self.pool["c"][rows]
+        return ((model(z, self.prompts.batch(c)) - x) ** 2).mean() * (len(rows) / self.batch)  # x 1.0 exactly with one shard
 
 
 def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = None, progress: bool = True, log: Callable[[str], None] = lambda s: None,
@@ -406,12 +431,14 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
 
     log("stage: initial generator")
     # distill_ema enters the key only when on, so generators cached before it existed stay valid
+    # distill_shards likewise (one shard is the regression as it always was)
     ema = pick("distill_ema") if cfg.distill_ema else {}
-    keys["generator"] = digest({"teacher": keys["teacher"], **pick("generator_init", "generator_t", "distill_steps", "distill_batch", "distill_lr"), **ema})
+    shards = pick("distill_shards") if cfg.distill_shards > 1 else {}
+    keys["generator"] = digest({"teacher": keys["teacher"], **pick("generator_init", "generator_t", "distill_steps", "distill_batch", "distill_lr"), **ema, **shards})
     t_gen = cfg.generator_t if cfg.generator_t is not None else schedule.t_max
     generator = OneStepGenerator(copy.deepcopy(ref_net).requires_grad_(True), t_gen)
     if cfg.generator_init == "teacher":
-        cached_module(path("generator_init"), keys["generator"], generator, lambda: distill_generator(generator, pool, prompts, cfg, seed + 5, progress))
+        cached_module(path("generator_init"), keys["generator"], generator, lambda: distill_generator(generator, pool, prompts, cfg, seed + 5, progress, jobs))
     return DigitStages(cfg, data, schedule, prompts, ref_net, reference, generator.eval(), classifier, eval_classifier, preference, reward, gold, keys)
 
 
