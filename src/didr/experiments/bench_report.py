@@ -200,6 +200,8 @@ def _setup(result: dict) -> str:
         prompts = "Prompts are class indices (an extra index is CFG's null condition)."
     guidance = "without guidance" if d["cfg_scale"] == 1 else f"with CFG w = {d['cfg_scale']:g}"
     ema = f", EMA {d['distill_ema']:g}" if d.get("distill_ema") else ""
+    shards = d.get("distill_shards", 1)
+    ema += f", each batch's gradient summed over {shards} shards: one process each when --jobs >= {shards}" if shards > 1 else ""
     return f"""{result['train']:,} train / {result['heldout']:,} held-out real images ({source}). {prompts}
 
 Reference: a conditional UNet ({d['channels'][0]}/{d['channels'][1]} channels, {d['patch']}x{d['patch']} patch folding), DSM for
