@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from didr.eval.frontier import mean_interval
-from didr.experiments.bench_cli import Run, preset, run_configs
+from didr.experiments.bench_cli import Run, default_jobs, preset, run_configs
 from didr.experiments.bench_report import table
-from didr.experiments.digits import EVAL_SEED, Evaluator, align, distill_generator, generate, prepare_stages, teacher_sample
+from didr.experiments.digits import EVAL_SEED, Evaluator, align, distill_generator, generate, prepare_stages, teacher_sample, teacher_sample_split
 from didr.experiments.stages import cached_tensors, digest
 from didr.models.unet import OneStepGenerator, UNetDenoiser
 
@@ -49,6 +49,7 @@ VARIANTS = [
     ("pool 10k + 6k steps + EMA", "pool, regression length and the EMA of its weights (0.999)",
      {"pool": 10000, "digits": {"distill_steps": 6000, "distill_ema": 0.999}}),
     ("12k steps + EMA", "12,000 steps (half the preset's)", {"pool": 10000, "digits": {"distill_steps": 12000, "distill_ema": 0.999}}),
+    ("18k steps + EMA", "18,000 steps (three quarters of the preset's)", {"pool": 10000, "digits": {"distill_steps": 18000, "distill_ema": 0.999}}),
     ("24k steps + EMA", "24,000 steps (the preset's length, regressed afresh)", {"pool": 10000, "digits": {"distill_steps": 24000, "distill_ema": 0.999}}),
     ("batch 128 + EMA", "6,000 steps at batch 128", {"pool": 10000, "digits": {"distill_steps": 6000, "distill_ema": 0.999, "distill_batch": 128}}),
     ("6k steps", "regression length on the earlier pool", {"pool": 1500, "digits": {"distill_steps": 6000, "distill_ema": 0.0}}),
@@ -68,6 +69,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=2, help="DI seeds per variant")
     p.add_argument("--variants", default=",".join(DEFAULT), help=f"comma-separated labels to run (default: {', '.join(DEFAULT)}; all: "
                    + "; ".join(v[0] for v in VARIANTS) + ")")
+    p.add_argument("--jobs", type=int, default=default_jobs(), help="processes for the regression's gradient shards (the figures do not depend on it)")
     p.add_argument("--pool", type=int, default=10000, help="teacher samples drawn once; variants use prefixes")
     args = p.parse_args()
     chosen = args.variants.split(",")
@@ -101,7 +103,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(cfg.train.seed + 4)
         zp = torch.randn(args.pool, *stages.data.shape, generator=gen)
         index = torch.randint(0, stages.prompts.count(), (args.pool,), generator=gen)
-        return {"z": zp, "c": index, "x": teacher_sample(stages.reference, zp, stages.prompts.batch(index), cfg.digits.teacher_steps)}
+        return {"z": zp, "c": index, "x": teacher_sample_split(stages.reference, zp, stages.prompts.batch(index), cfg.digits.teacher_steps, args.jobs)}
 
     ts = time.perf_counter()
     big = cached_tensors(bench_dir / "init" / "teacher_pool.safetensors", digest({"teacher": stages.keys["teacher"], "n": args.pool}), draw_pool)
@@ -125,7 +127,7 @@ def main() -> None:
             generator = stages.generator
         else:
             generator = OneStepGenerator(net.requires_grad_(True), t_gen)
-            distill_generator(generator, pool, stages.prompts, d, cfg.train.seed + 5, progress=False)
+            distill_generator(generator, pool, stages.prompts, d, cfg.train.seed + 5, progress=False, jobs=args.jobs)
         seconds = time.perf_counter() - ts
         init_label, di_label = f"init {label}", f"DI from {label}"
         notes[label] = note
