@@ -63,7 +63,7 @@ def test_one_shard_is_the_plain_gradient():
 
 def test_shards_sum_to_the_batch_gradient():
     assert torch.allclose(_train(3, 1), _train(1, 1), atol=1e-6)
-    assert not torch.equal(_train(2, 1), _train(1, 1, steps=4))  # the weights did move
+    assert not torch.allclose(_train(1, 1), torch.nn.utils.parameters_to_vector(_model().parameters()), atol=1e-3)  # the weights did move
 
 
 def test_helper_processes_give_the_same_bits():

@@ -240,10 +240,8 @@ class DigitStages:
 
 def split_cond(cond: Any, size: int) -> list[Any]:
     """A conditioning batch (tensor, or dict of tensors and lists) in chunks of ``size`` rows."""
-    if isinstance(cond, Tensor):
-        return list(cond.split(size))
-    n = len(next(iter(cond.values())))
-    return [{k: v[lo : lo + size] for k, v in cond.items()} for lo in range(0, n, size)]
+    n = len(cond) if isinstance(cond, Tensor) else len(next(iter(cond.values())))
+    return [_rows(cond, lo, lo + size) for lo in range(0, n, size)]
 
 
 @torch.no_grad()
@@ -259,16 +257,21 @@ def teacher_sample_split(reference: nn.Module, z: Tensor, cond: Any, steps: int,
     n_batches = -(-len(z) // batch)
     if jobs <= 1 or n_batches < 2:
         return teacher_sample(reference, z, cond, steps, batch)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     cut = (n_batches // 2) * batch
-    # copies: the executor's feeder thread moves what it sends into shared memory while this thread samples
-    late_args = copy.deepcopy((reference, z[cut:], _rows(cond, cut, len(z))))
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as executor:
+    late_args = copy.deepcopy((reference, z[cut:], _rows(cond, cut, len(z))))  # a copy: see _one_process
+    with _one_process() as executor:
         late = executor.submit(_teacher_task, *late_args, steps, batch, torch.get_num_threads())
         early = teacher_sample(reference, z[:cut], _rows(cond, 0, cut), steps, batch)
         return torch.cat([early, late.result()])
+
+
+def _one_process():
+    """A one-process spawned executor. What it is sent should be a copy: its feeder thread moves
+    tensors into shared memory while the sender goes on computing with them."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _rows(cond: Any, lo: int, hi: int) -> Any:
@@ -373,8 +376,8 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
                    jobs: int = 1) -> DigitStages:
     """Build (or load from ``stage_dir``) the data, prompts, reference, rewards and initial
     generator. With ``jobs`` > 1 the rewards train in another process beside the reference (the
-    same networks: the same RNG state, the same steps) and another process samples half the
-    teacher pool."""
+    same networks: the same RNG state, the same steps), another process samples half the teacher
+    pool, and the regression's gradient shards run one per process: the same stages for any ``jobs``."""
     c = asdict(cfg)
     data = load_digit_data(cfg.dataset, cfg.holdout, seed)
     schedule = make_schedule(cfg.schedule)
@@ -447,9 +450,8 @@ def reward_stages(cfg: DigitsConfig, data: DigitData, data_key: str, path: Calla
     training split from the global RNG's current state (or loaded); with the gold attribute and
     the stages' cache keys."""
     size = data.shape[-1]
-    c = asdict(cfg)
-    keys = {"classifier": digest({"data": data_key, "classifier_steps": c["classifier_steps"]}),
-            "preference": digest({"data": data_key, **{n: c[n] for n in ("preference_steps", "preference_tau", "gold")}})}
+    keys = {"classifier": digest({"data": data_key, "classifier_steps": cfg.classifier_steps}),
+            "preference": digest({"data": data_key, "preference_steps": cfg.preference_steps, "preference_tau": cfg.preference_tau, "gold": cfg.gold})}
     classifier, eval_classifier = DigitCNN(data.n_classes, 32, 64, size), DigitCNN(data.n_classes, 24, 32, size)
     x, y = data.train_x, data.train_y
     cached_module(path("classifier"), keys["classifier"], classifier, lambda: train_classifier(classifier, x, y, steps=cfg.classifier_steps, seed=seed + 1))
@@ -468,11 +470,8 @@ def reward_stages(cfg: DigitsConfig, data: DigitData, data_key: str, path: Calla
 def _rewards_aside(cfg: DigitsConfig, seed: int, stage_dir: Path, rng: Tensor):
     """(executor, future): the rewards trained (or found cached) in a spawned process from the
     RNG state ``rng``."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-    return executor, executor.submit(_reward_task, asdict(cfg), seed, str(stage_dir), rng.clone())  # a copy: see teacher_sample_split
+    executor = _one_process()
+    return executor, executor.submit(_reward_task, asdict(cfg), seed, str(stage_dir), rng.clone())  # a copy: see _one_process
 
 
 def _reward_task(cfg: dict, seed: int, stage_dir: str, rng: Tensor) -> None:
