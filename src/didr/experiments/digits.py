@@ -334,7 +334,7 @@ def distill_generator(generator: OneStepGenerator, pool: dict[str, Tensor], prom
     ``distill_ema`` the generator ends with the EMA of its weights. Each batch's gradient is the sum
     of ``distill_shards`` shards' (:mod:`didr.experiments.shards`), computed in parallel when
     ``jobs >= distill_shards``: the same weights whatever ``jobs`` is."""
-    opt = torch.optim.Adam(generator.parameters(), lr=cfg.distill_lr)
+    opt = torch.optim.Adam(generator.parameters(), lr=cfg.distill_lr, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.distill_steps, 1), eta_min=cfg.distill_lr * 0.05)
     ema = copy.deepcopy(generator).requires_grad_(False) if cfg.distill_ema else None
     generator.train()
@@ -521,7 +521,8 @@ class Evaluator:
         s, x = self.s, images.clamp(-1, 1)
         labels = s.prompts.digits(cond)
         chunks = list(zip(x.split(500), split_cond(cond, 500)))
-        rewards = {name: torch.cat([call_reward(fn, xx, cc) for xx, cc in chunks]) for name, fn in (("reward", s.reward), ("preference", s.preference), ("prompt_logp", s.reward.prompt))}
+        rewards = {name: torch.cat([call_reward(fn, xx, cc) for xx, cc in chunks]) for name, fn in (("preference", s.preference), ("prompt_logp", s.reward.prompt))}
+        rewards = {"reward": s.reward.combine(rewards["preference"], rewards["prompt_logp"]), **rewards}  # its parts, not a second pass
         feats = im.features(s.eval_classifier, x)
         precision, recall = im.knn_precision_recall(self.real_feats, feats)
         gold = float(s.gold(x).mean())
@@ -531,7 +532,7 @@ class Evaluator:
             **{k: float(v.mean()) for k, v in rewards.items()},
             "gold": gold,
             "gold_deficit": 1.0 - gold,
-            "prompt_accuracy": im.prompt_accuracy(s.eval_classifier, x, labels),
+            "prompt_accuracy": float((s.eval_classifier.head(feats.float()).argmax(1) == labels).double().mean()),  # the features' own head
             "fid_real": im.frechet_distance(feats, self.real_feats),
             "fid_opt": im.frechet_distance(feats, self.real_feats, weights) if math.isfinite(beta) else math.nan,
             "opt_beta": beta,

@@ -154,10 +154,11 @@ class DigitReward(FrozenReward):
         self.preference, self.prompt, self.prompt_weight = preference, prompt, float(prompt_weight)
 
     def forward(self, images: Tensor, prompts: Any = None) -> Tensor:
-        r = call_reward(self.preference, images, prompts)
-        if self.prompt_weight:
-            r = r + self.prompt_weight * call_reward(self.prompt, images, prompts)
-        return r
+        return self.combine(call_reward(self.preference, images, prompts), call_reward(self.prompt, images, prompts) if self.prompt_weight else None)
+
+    def combine(self, preference: Tensor, prompt_logp: Tensor | None) -> Tensor:
+        """The reward from its two terms, already computed (an evaluation that reports both)."""
+        return preference + self.prompt_weight * prompt_logp if self.prompt_weight else preference
 
 
 def train_classifier(net: DigitCNN, x: Tensor, y: Tensor, *, steps: int, batch: int = 128, lr: float = 2e-3, seed: int = 0) -> DigitCNN:
