@@ -256,16 +256,22 @@ class Bench:
         self.rows: list[dict] = []
         self.grids: dict[str, torch.Tensor] = {}
 
+    def samples(self, sample) -> dict[str, torch.Tensor]:
+        """``sample(z, cond)`` on each split's evaluation inputs."""
+        return {split: sample(z, c) for split, (z, c) in self.splits.items()}
+
     def record(self, label: str, family: str, setting: str, seed, nfe: int, sample, seconds: float) -> dict:
-        """Evaluate ``sample(z, cond)`` on the seen prompts (every metric) and the unseen ones (prompt accuracy)."""
+        """Evaluate ``sample(z, cond)`` (or its samples per split, a dict) on the seen prompts
+        (every metric) and the unseen ones (prompt accuracy)."""
         from didr.eval.plots import save_grid
 
-        images = sample(self.z, self.c)
-        row = {"label": label, "family": family, "setting": setting, "seed": seed, "nfe": nfe, "seconds": round(seconds, 1), **self.evaluate(images, self.c)}
+        images = sample if isinstance(sample, dict) else self.samples(sample)
+        row = {"label": label, "family": family, "setting": setting, "seed": seed, "nfe": nfe, "seconds": round(seconds, 1),
+               **self.evaluate(images["seen"], self.c)}
         row["prompt_accuracy_seen"] = row["prompt_accuracy"]
-        if "unseen" in self.splits:
-            z, c = self.splits["unseen"]
-            row["prompt_accuracy_unseen"] = self.evaluate.prompt_accuracy(sample(z, c), c)
+        if "unseen" in images:
+            row["prompt_accuracy_unseen"] = self.evaluate.prompt_accuracy(images["unseen"], self.splits["unseen"][1])
+        images = images["seen"]
         self.rows.append(row)
         if seed in (None, 0) or label not in self.grids:
             n = min(100, len(images))
@@ -277,7 +283,7 @@ class Bench:
 
     def references(self) -> None:
         """Real images, the 30-step teacher and the initial one-step generator."""
-        from didr.experiments.digits import generate, teacher_sample
+        from didr.experiments.digits import EVAL_SEED, generate, teacher_sample
 
         s, d = self.stages, self.cfg.digits
         from didr.data.digits import stroke_style
@@ -288,10 +294,17 @@ class Bench:
         row["prompt_accuracy_seen"] = row["prompt_accuracy"]
         self.rows.append(row)
         self.grids["real (train)"] = real[:100]
-        ts = time.perf_counter()
-        teacher = lambda z, c: teacher_sample(s.reference, z, c, d.teacher_steps)  # noqa: E731
-        self.record("teacher 30 steps", "teacher", "", None, (2 if d.cfg_scale != 1 else 1) * d.teacher_steps, teacher, 0.0)
-        self.rows[-1]["seconds"] = round(time.perf_counter() - ts, 1)
+        # the teacher's evaluation samples are a stage: the longest sampling of the evaluation, the same in every rerun
+        path, key = self.out / "stages" / "teacher_eval.safetensors", digest({"teacher": s.keys["teacher"], "n": len(self.z), "seed": EVAL_SEED})
+        images = load_stage(path, key)
+        if images is not None:
+            seconds = float(stage_metadata(path)["seconds"])
+        else:
+            ts = time.perf_counter()
+            images = self.samples(lambda z, c: teacher_sample(s.reference, z, c, d.teacher_steps))
+            seconds = time.perf_counter() - ts
+            save_stage(path, key, images, seconds=repr(seconds))
+        self.record(f"teacher {d.teacher_steps} steps", "teacher", "", None, (2 if d.cfg_scale != 1 else 1) * d.teacher_steps, images, seconds)
         self.record("initial 1 step", "initial", "", None, 1, lambda z, c: generate(s.generator, z, c), 0.0)
 
     def run(self, run: Run, seed: int) -> dict:

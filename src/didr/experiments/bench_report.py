@@ -291,7 +291,7 @@ levels, TA noise); the stages are shared by the seeds. Intervals: 95% Student-t 
 |---|---|---|---|---|---|
 {times}
 
-A rerun with the stages cached under `OUT/stages` skips their building: it costs about the time after the stages.
+A rerun with the stages cached under `OUT/stages` skips their building (the teacher's evaluation samples are cached there too): it costs at most the time after the stages.
 
 ## Setup
 
