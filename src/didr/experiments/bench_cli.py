@@ -60,8 +60,8 @@ PRESETS: dict[str, dict] = {
         "train": {"steps": 150, "batch_size": 32, "ta_updates": 2, "lr_generator": 0.0001, "lr_ta": 0.0005, "adam_beta1": 0.0, "ema_decay": 0.98,
                   "log_every": 50},
         "digits": {"dataset": "mnist", "holdout": 0.2, "prompts": "text", "channels": [16, 32], "patch": 2, "ref_steps": 4000, "ref_batch": 64,
-                   "ref_lr": 0.003, "ref_ema": 0.999, "cfg_scale": 1.0, "teacher_pool": 10000, "distill_steps": 24000, "distill_batch": 32, "distill_ema": 0.999,
-                   "distill_shards": 2,
+                   "ref_lr": 0.003, "ref_ema": 0.999, "cfg_scale": 1.0, "teacher_pool": 10000, "distill_steps": 18000, "distill_batch": 32, "distill_ema": 0.999,
+                   "distill_shards": 2, "ref_shards": 2,
                    "classifier_steps": 300, "preference_steps": 400, "eval_samples": 1000},
     },
 }
@@ -69,7 +69,7 @@ PRESETS: dict[str, dict] = {
 FAST = {
     "train": {"steps": 8, "batch_size": 32, "ta_updates": 1, "log_every": 4},
     "digits": {"channels": [8, 16], "ref_steps": 60, "ref_batch": 64, "teacher_steps": 30, "teacher_pool": 64, "distill_steps": 20,
-               "distill_shards": 2,  # so that the smoke test runs the regression's helper process too
+               "distill_shards": 2, "ref_shards": 2,  # so that the smoke test runs the helper processes too
                "classifier_steps": 40, "preference_steps": 40, "eval_samples": 100},
 }
 SEEDS = {"full": 3, "fast": 2}

@@ -81,6 +81,7 @@ class DigitsConfig:
     distill_lr: float = 1e-3
     distill_ema: float = 0.0  # EMA of the regressed weights (0 = off): the initial generator is the EMA
     distill_shards: int = 1  # each batch's gradient as the sum of this many shards': with --jobs >= shards, one process each
+    ref_shards: int = 1  # the same for the reference's DSM
     classifier_steps: int = 600
     preference_steps: int = 800
     preference_tau: float = 0.1  # annotator noise: P(a > b) = sigmoid((g_a - g_b) / (tau std g))
@@ -104,6 +105,7 @@ class DigitsConfig:
         for name in ("ref_steps", "ref_batch", "teacher_steps", "teacher_pool", "distill_batch", "classifier_steps", "preference_steps", "eval_samples", "threads"):
             require(getattr(self, name) >= 1, f"{path}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(1 <= self.distill_shards <= self.distill_batch, f"{path}.distill_shards", f"must be in [1, distill_batch], got {self.distill_shards}")
+        require(1 <= self.ref_shards <= self.ref_batch, f"{path}.ref_shards", f"must be in [1, ref_batch], got {self.ref_shards}")
         require(self.distill_steps >= 0, f"{path}.distill_steps", f"must be >= 0, got {self.distill_steps}")
 
 
@@ -290,27 +292,51 @@ def generate(generator: nn.Module, z: Tensor, cond: Any, batch: int = 500) -> Te
     return torch.cat([generator(zz, cc) for zz, cc in zip(z.split(batch), split_cond(cond, batch))])
 
 
-def train_reference(net: UNetDenoiser, ema: UNetDenoiser, data: DigitData, prompts, cfg: DigitsConfig, seed: int, progress: bool) -> None:
+def train_reference(net: UNetDenoiser, ema: UNetDenoiser, data: DigitData, prompts, cfg: DigitsConfig, seed: int, progress: bool, jobs: int = 1) -> None:
     """DSM (M5) on the training split, each image with a prompt that describes it (its digit, and
     for text its stroke weight in one of the seen phrasings), dropped to the null prompt with
-    probability ``cond_drop`` (CFG, M4); Adam with a cosine decay; ``ema`` tracks the weights."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.ref_lr)
+    probability ``cond_drop`` (CFG, M4); Adam with a cosine decay; ``ema`` tracks the weights.
+    Each batch's gradient is the sum of ``ref_shards`` shards' (:mod:`didr.experiments.shards`),
+    computed in parallel when ``jobs >= ref_shards``: the same weights whatever ``jobs`` is."""
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.ref_lr, foreach=True)  # the per-tensor update's bits, faster
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.ref_steps, eta_min=cfg.ref_lr * 0.05)
-    x, y = data.train_x, data.train_y
-    styles = stroke_style(x, y)
-    for step in progress_bar(range(cfg.ref_steps), "reference (DSM)", enabled=progress):
-        idx = torch.randint(0, len(x), (cfg.ref_batch,), generator=gen)
-        c = prompts.batch(prompts.for_images(y[idx], styles[idx], gen))
-        drop = torch.rand(cfg.ref_batch, generator=gen) < cfg.cond_drop
-        c = _where_null(drop, prompts.null_cond(c), c)
-        t = sample_times(cfg.ref_batch, net.schedule, generator=gen)
-        loss = dsm_loss(net, x[idx], t, c, noise=torch.randn(x[idx].shape, generator=gen)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        _ema_update(ema, net, min(cfg.ref_ema, step / (step + 10)))  # short warm-up so early weights fade fast
+    task = DSMShards(data, prompts, net.schedule, cfg.ref_batch, cfg.cond_drop, cfg.ref_shards, seed)
+    with ShardedGradients(net, task, cfg.ref_shards, jobs) as grads:
+        for step in progress_bar(range(cfg.ref_steps), "reference (DSM)", enabled=progress):
+            opt.zero_grad(set_to_none=True)
+            grads.compute()
+            opt.step()
+            sched.step()
+            _ema_update(ema, net, min(cfg.ref_ema, step / (step + 10)))  # short warm-up so early weights fade fast
+
+
+class DSMShards:
+    """The reference's DSM batches (images with a prompt that describes them, some dropped to the
+    null prompt, noise levels and noise: drawn from ``seed`` in one order whatever the shard count)
+    and each shard's part of the batch's mean loss."""
+
+    def __init__(self, data: DigitData, prompts, schedule: NoiseSchedule, batch: int, cond_drop: float, shards: int, seed: int):
+        self.x, self.y, self.styles = data.train_x, data.train_y, stroke_style(data.train_x, data.train_y)
+        self.prompts, self.schedule, self.batch, self.cond_drop, self.shards, self.seed = prompts, schedule, batch, cond_drop, shards, seed
+        self.gen: torch.Generator | None = None  # made on first use: a Generator does not pickle
+
+    def advance(self) -> None:
+        if self.gen is None:
+            self.gen = torch.Generator().manual_seed(self.seed)
+        gen, n = self.gen, self.batch
+        idx = torch.randint(0, len(self.x), (n,), generator=gen)
+        c = self.prompts.batch(self.prompts.for_images(self.y[idx], self.styles[idx], gen))
+        drop = torch.rand(n, generator=gen) < self.cond_drop
+        self.cond = _where_null(drop, self.prompts.null_cond(c), c)
+        self.t = sample_times(n, self.schedule, generator=gen)
+        self.x0 = self.x[idx]
+        self.noise = torch.randn(self.x0.shape, generator=gen)
+
+    def loss(self, model: nn.Module, shard: int) -> Tensor:
+        rows = torch.arange(self.batch).tensor_split(self.shards)[shard]
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        loss = dsm_loss(model, self.x0[lo:hi], self.t[lo:hi], _rows(self.cond, lo, hi), noise=self.noise[lo:hi]).mean()
+        return loss * ((hi - lo) / self.batch)  # x 1.0 exactly with one shard
 
 
 @torch.no_grad()
@@ -394,7 +420,8 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
         prompts, text_dim = ClassPrompts(data.n_classes), None
         keys["prompts"] = "class"
     keys["reference"] = digest({"data": keys["data"], "prompts": keys["prompts"],
-                                **pick("schedule", "channels", "patch", "ref_steps", "ref_batch", "ref_lr", "ref_ema", "cond_drop")})
+                                **pick("schedule", "channels", "patch", "ref_steps", "ref_batch", "ref_lr", "ref_ema", "cond_drop"),
+                                **(pick("ref_shards") if cfg.ref_shards > 1 else {})})  # one shard: the DSM as it always was, the key unchanged
 
     torch.manual_seed(seed)
     make_net = lambda: UNetDenoiser(schedule, data.n_classes, tuple(cfg.channels), cfg.patch, data.sigma_data(), text_dim=text_dim)  # noqa: E731
@@ -406,7 +433,7 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
     aside = _rewards_aside(cfg, seed, stage_dir, rng) if jobs > 1 and stage_dir is not None else None
     log("stage: reference" + (" (the rewards train beside it, in another process)" if aside else ""))
     try:
-        cached_module(path("reference"), keys["reference"], ref_net, lambda: train_reference(net, ref_net, data, prompts, cfg, seed, progress))
+        cached_module(path("reference"), keys["reference"], ref_net, lambda: train_reference(net, ref_net, data, prompts, cfg, seed, progress, jobs))
         if aside is not None:
             aside[1].result()  # the rewards are cached now
     finally:
