@@ -194,6 +194,27 @@ def test_the_fsdp_preset_launched_on_cpu_stops_with_the_reason(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("max_norm", [float("inf"), 0.5])
+def test_the_gradient_norm_is_accelerates_and_an_unclipped_gradient_keeps_every_bit(max_norm):
+    """Without clipping the norm is taken directly (no accelerate bookkeeping per step): the same
+    value accelerate reports, the gradients untouched, a NaN still seen."""
+    from didr.train.distributed import clip_grad_norm
+
+    acc = make_accelerator()
+    grads = {}
+    for how in ("ours", "accelerate"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+        model[2].requires_grad_(False)  # a parameter without a gradient
+        model(torch.randn(6, 4, generator=torch.Generator().manual_seed(1))).pow(2).sum().backward()
+        norm = clip_grad_norm(acc, model, max_norm) if how == "ours" else acc.clip_grad_norm_(model.parameters(), max_norm)
+        grads[how] = (float(norm), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert grads["ours"][0] == grads["accelerate"][0]
+    assert all(torch.equal(a, b) for a, b in zip(grads["ours"][1], grads["accelerate"][1]))
+    model[0].weight.grad[0, 0] = float("nan")
+    assert not torch.isfinite(clip_grad_norm(acc, model, max_norm))
+
+
 def _clipped_norm(rank: int) -> float:
     from types import SimpleNamespace
 

@@ -14,6 +14,7 @@ itself shards on CPU with gloo; accelerate does not drive it).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from typing import Any
@@ -90,11 +91,16 @@ def clip_grad_norm(acc, module: nn.Module, max_norm: float) -> Tensor | None:
     parameter lists with ``==``, which raises as soon as two prepared models (generator and TA)
     have as many parameters and it reaches the wrong one first.
     """
+    from accelerate.utils import DistributedType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     if isinstance(module, FSDP):
         acc.unscale_gradients()
         return module.clip_grad_norm_(max_norm)
+    plain = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    if math.isinf(max_norm) and acc.scaler is None and acc.distributed_type in plain:
+        # nothing to clip (a factor of 1 would leave every bit): the norm alone, for the finiteness check
+        return torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
     return acc.clip_grad_norm_(module.parameters(), max_norm)
 
 
