@@ -90,7 +90,9 @@ def test_report_regenerates_from_recorded_rows():
     assert "](mnist_frontiers.png)" in text and "](mnist_samples.png)" in text
     assert "240 seen phrasings" in text and "4,000 train / 1,000 held-out" in text
     assert f"DSM for\n{cfg['digits']['ref_steps']:,} steps" in text
-    assert "EMA 0.999, each batch's gradient summed over 2 shards" in text  # the preset's sharded regression
+    assert text.count("EMA 0.999, each batch's gradient summed over 2 shards") == 2  # the preset's sharded DSM and regression
+    one = render_report({**result, "config": {**cfg, "digits": {**cfg["digits"], "ref_shards": 1, "distill_shards": 1}}})
+    assert "shards" not in one.split("## Setup")[1].split("## Results")[0]
     # the claims, answered from the rows: b=1 beats the teacher's reward at FID 10 (within 11), b=0.5 does not
     assert "on reward with FID real within 10% of the teacher's (at most 11): holds**" in text
     assert "DIDR b=0.5: reward 0.900 ± 0, FID real 20 ± 0.25: does not hold" in text

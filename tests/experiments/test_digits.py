@@ -96,10 +96,71 @@ def test_a_teacher_pool_split_across_two_processes_is_the_same_pool():
 
 def test_a_rerun_reuses_cached_stages_and_methods(fast_bench):
     files = sorted((fast_bench / "stages").glob("*.safetensors")) + sorted((fast_bench / "runs").glob("*/generator.safetensors"))
-    assert len(files) >= 6 + 2 * len(sweep("digits", fast=True))
+    assert (fast_bench / "stages" / "teacher_eval.safetensors") in files  # the teacher's evaluation samples too
+    assert len(files) >= 7 + 2 * len(sweep("digits", fast=True))
     before = {f: f.stat().st_mtime_ns for f in files}
+    teacher = lambda: next(r for r in json.loads((fast_bench / "metrics.json").read_text())["rows"] if r["family"] == "teacher")  # noqa: E731
+    first = teacher()
     assert main(["bench", "digits", "--fast", "--out", str(fast_bench)]) == 0
     assert {f: f.stat().st_mtime_ns for f in files} == before
+    assert teacher() == first  # the same samples, and the time it took to draw them
+
+
+def test_the_evaluation_scores_with_the_training_reward_and_the_evaluation_classifier(fast_bench):
+    """One pass per network: the reported reward is the training reward's own value, prompt
+    accuracy the evaluation classifier's, bit for bit."""
+    from didr.eval.image_metrics import prompt_accuracy
+    from didr.experiments.digits import EVAL_SEED, Evaluator, generate, prepare_stages
+    from didr.rewards.base import call_reward
+
+    stages = prepare_stages(preset("digits", fast=True).digits, 0, fast_bench / "stages", progress=False)
+    z, c = stages.inputs(120, EVAL_SEED)
+    x = generate(stages.generator, z, c).clamp(-1, 1)
+    scores = Evaluator(stages)(x, c)
+    with torch.no_grad():
+        assert scores["reward"] == float(call_reward(stages.reward, x, c).mean())
+        assert scores["preference"] == float(stages.preference(x, c).mean())
+    assert scores["prompt_accuracy"] == prompt_accuracy(stages.eval_classifier, x, stages.prompts.digits(c))
+
+
+def test_cached_rewards_spawn_no_process_to_train_them(fast_bench, tmp_path, monkeypatch):
+    from didr.experiments import digits
+
+    cfg = preset("digits", fast=True).digits
+    key = digits.data_key(cfg, 0)
+    assert digits._rewards_cached(cfg, key, fast_bench / "stages") and not digits._rewards_cached(cfg, key, tmp_path)
+    shutil.copytree(fast_bench / "stages", tmp_path / "stages")
+    monkeypatch.setattr(digits, "_rewards_aside", lambda *a: pytest.fail("a process was spawned for cached rewards"))
+    digits.prepare_stages(cfg, 0, tmp_path / "stages", progress=False, jobs=2)
+
+
+def test_a_sharded_dsm_batch_is_the_batch_the_reference_always_drew():
+    """One shard: exactly the loss of the loop before shards existed (the same draws in the same
+    order); two shards: parts that add up to it."""
+    from didr.diffusion.losses import dsm_loss, sample_times
+    from didr.diffusion.schedules import make_schedule
+    from didr.experiments.digits import ClassPrompts, DSMShards, _where_null
+    from didr.data.digits import load_digit_data, stroke_style
+    from didr.models.unet import UNetDenoiser
+
+    data, prompts = load_digit_data("digits", 0.25, 0), ClassPrompts(10)
+    torch.manual_seed(0)
+    net = UNetDenoiser(make_schedule("vp-cosine"), 10, (8, 8), 1)
+    one, two = DSMShards(data, prompts, net.schedule, 10, 0.3, 1, seed=4), DSMShards(data, prompts, net.schedule, 10, 0.3, 2, seed=4)
+    for _ in range(2):
+        one.advance()
+        two.advance()
+    gen, x, y = torch.Generator().manual_seed(4), data.train_x, data.train_y
+    for _ in range(2):  # the loop as it was written before shards
+        idx = torch.randint(0, len(x), (10,), generator=gen)
+        c = prompts.batch(prompts.for_images(y[idx], stroke_style(x, y)[idx], gen))
+        c = _where_null(torch.rand(10, generator=gen) < 0.3, prompts.null_cond(c), c)
+        t = sample_times(10, net.schedule, generator=gen)
+        plain = dsm_loss(net, x[idx], t, c, noise=torch.randn(x[idx].shape, generator=gen)).mean()
+    assert torch.equal(one.loss(net, 0), plain)
+    torch.testing.assert_close(two.loss(net, 0) + two.loss(net, 1), plain)
+    with pytest.raises(Exception, match="ref_shards"):
+        preset("digits", True, ["digits.ref_shards=0"])
 
 
 def test_a_nan_reward_stops_the_run_naming_the_reward(fast_bench, tmp_path):

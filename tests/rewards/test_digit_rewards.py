@@ -75,6 +75,17 @@ def test_a_nan_reward_stops_with_the_rewards_name():
         call_reward(combined, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))
 
 
+@pytest.mark.parametrize("weight", [0.5, 0.0])
+def test_the_reward_from_its_terms_is_the_reward(weight):
+    """An evaluation that reports both terms combines them into the very reward training sees."""
+    torch.manual_seed(0)
+    reward = DigitReward(PreferenceReward(DigitCNN(1, 8, 16, 8)), ClassifierReward(DigitCNN(10, 8, 16, 8)), weight)
+    x, c = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4])
+    combined = reward.combine(reward.preference(x, c), reward.prompt(x, c))
+    assert torch.equal(combined, reward(x, c))
+    assert weight or torch.equal(reward.combine(reward.preference(x, c), None), reward.preference(x))
+
+
 def test_boldness_peaks_at_the_boldest_real_digits_and_punishes_blobs():
     from didr.rewards.digits import Boldness
 

@@ -200,12 +200,12 @@ def _setup(result: dict) -> str:
         prompts = "Prompts are class indices (an extra index is CFG's null condition)."
     guidance = "without guidance" if d["cfg_scale"] == 1 else f"with CFG w = {d['cfg_scale']:g}"
     ema = f", EMA {d['distill_ema']:g}" if d.get("distill_ema") else ""
-    shards = d.get("distill_shards", 1)
-    ema += f", each batch's gradient summed over {shards} shards: one process each when --jobs >= {shards}" if shards > 1 else ""
+    sharded = lambda n: f", each batch's gradient summed over {n} shards: one process each when --jobs >= {n}" if n > 1 else ""  # noqa: E731
+    ema += sharded(d.get("distill_shards", 1))
     return f"""{result['train']:,} train / {result['heldout']:,} held-out real images ({source}). {prompts}
 
 Reference: a conditional UNet ({d['channels'][0]}/{d['channels'][1]} channels, {d['patch']}x{d['patch']} patch folding), DSM for
-{d['ref_steps']:,} steps at batch {d['ref_batch']}, EMA {d['ref_ema']:g}. Teacher: its {d['teacher_steps']}-step DDIM {guidance}. Initial one-step
+{d['ref_steps']:,} steps at batch {d['ref_batch']}, EMA {d['ref_ema']:g}{sharded(d.get('ref_shards', 1))}. Teacher: its {d['teacher_steps']}-step DDIM {guidance}. Initial one-step
 generator: the reference at t_max, regressed onto {d['teacher_pool']:,} teacher samples from the same noise for {d['distill_steps']:,} steps
 (batch {d['distill_batch']}, lr {d['distill_lr']:g}{ema}). Every method: {t['steps']} generator updates at batch {t['batch_size']}, {t['ta_updates']} TA
 update{'s' if t['ta_updates'] != 1 else ''} per generator update, Adam (beta1 = {t['adam_beta1']:g}) lr {t['lr_generator']:g}, TA lr {t['lr_ta']:g}, generator EMA {t['ema_decay']:g}.

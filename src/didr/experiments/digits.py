@@ -43,7 +43,7 @@ from didr.diffusion.samplers import ddim_sample
 from didr.diffusion.schedules import NoiseSchedule, make_schedule
 from didr.eval import image_metrics as im
 from didr.experiments.shards import ShardedGradients
-from didr.experiments.stages import cached_module, cached_tensors, digest
+from didr.experiments.stages import cached_module, cached_tensors, digest, stage_metadata
 from didr.models.denoiser import GuidedDenoiser
 from didr.models.text import PromptSet, SentenceEncoder, encode_cached, minilm_path
 from didr.models.unet import OneStepGenerator, UNetDenoiser
@@ -430,7 +430,8 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
     if text_dim:
         net.null_text.copy_(prompts.sets["seen"].null["text_embeds"])
     ref_net.load_state_dict(net.state_dict())
-    aside = _rewards_aside(cfg, seed, stage_dir, rng) if jobs > 1 and stage_dir is not None else None
+    # no process to spawn (seconds) where they are cached already
+    aside = _rewards_aside(cfg, seed, stage_dir, rng) if jobs > 1 and stage_dir is not None and not _rewards_cached(cfg, keys["data"], stage_dir) else None
     log("stage: reference" + (" (the rewards train beside it, in another process)" if aside else ""))
     try:
         cached_module(path("reference"), keys["reference"], ref_net, lambda: train_reference(net, ref_net, data, prompts, cfg, seed, progress, jobs))
@@ -477,8 +478,7 @@ def reward_stages(cfg: DigitsConfig, data: DigitData, data_key: str, path: Calla
     training split from the global RNG's current state (or loaded); with the gold attribute and
     the stages' cache keys."""
     size = data.shape[-1]
-    keys = {"classifier": digest({"data": data_key, "classifier_steps": cfg.classifier_steps}),
-            "preference": digest({"data": data_key, "preference_steps": cfg.preference_steps, "preference_tau": cfg.preference_tau, "gold": cfg.gold})}
+    keys = reward_keys(cfg, data_key)
     classifier, eval_classifier = DigitCNN(data.n_classes, 32, 64, size), DigitCNN(data.n_classes, 24, 32, size)
     x, y = data.train_x, data.train_y
     cached_module(path("classifier"), keys["classifier"], classifier, lambda: train_classifier(classifier, x, y, steps=cfg.classifier_steps, seed=seed + 1))
@@ -492,6 +492,19 @@ def reward_stages(cfg: DigitsConfig, data: DigitData, data_key: str, path: Calla
 
     cached_module(path("preference"), keys["preference"], preference, fit_preference)
     return classifier, eval_classifier, preference, gold, keys
+
+
+def reward_keys(cfg: DigitsConfig, data_key: str) -> dict[str, str]:
+    """The cache keys of the reward stages (both classifiers share one)."""
+    return {"classifier": digest({"data": data_key, "classifier_steps": cfg.classifier_steps}),
+            "preference": digest({"data": data_key, "preference_steps": cfg.preference_steps, "preference_tau": cfg.preference_tau, "gold": cfg.gold})}
+
+
+def _rewards_cached(cfg: DigitsConfig, data_key: str, stage_dir: Path) -> bool:
+    keys = reward_keys(cfg, data_key)
+    stages = {"classifier": keys["classifier"], "eval_classifier": keys["classifier"], "preference": keys["preference"]}
+    return all((stage_dir / f"{name}.safetensors").is_file() and stage_metadata(stage_dir / f"{name}.safetensors").get("key") == key
+               for name, key in stages.items())
 
 
 def _rewards_aside(cfg: DigitsConfig, seed: int, stage_dir: Path, rng: Tensor):
