@@ -16,10 +16,10 @@ FID to the empirical optimum of the run's own reward (FID p*, method.md §7) and
 attribute's deficit. Writes ``metrics.json``, ``frontiers.png``, ``samples.png``, one grid per
 setting under ``grids/`` and ``report.md``. Stages are cached under ``OUT/stages/`` and each
 finished run under ``OUT/runs/``, so a rerun, or a run resumed after an interruption, skips them.
-With ``--jobs`` > 1 the rewards train in another process beside the reference, another process
-samples half the teacher pool and the regression's gradient shards run one per process; once the
-stages are built, worker processes train the runs (each depends only on its seed and the stages).
-The figures are the same for any number of processes.
+With ``--jobs`` > 1 the rewards train in another process beside the reference, the reference's and
+the regression's gradient shards run one per process and another process samples half the teacher
+pool; once the stages are built, worker processes train the runs (each depends only on its seed
+and the stages). The figures are the same for any number of processes.
 
 ``--ablation`` runs DI alone (no reward) under variants of the loop and writes ``ablation.md``:
 which setting costs fidelity against the teacher.
@@ -411,8 +411,8 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=int, metavar="N", help=f"alignment seeds per setting (default {SEEDS['full']}, --fast {SEEDS['fast']}, --ablation 2)")
     p.add_argument("--di-seeds", type=int, metavar="N", help=f"seeds of DI, whose fidelity claim needs a narrow interval (default {DI_SEEDS['full']}, "
                    f"--fast {DI_SEEDS['fast']}; never fewer than --seeds)")
-    p.add_argument("--jobs", type=int, metavar="N", help="processes (one torch thread each) for the stages (the rewards beside the reference, half the teacher pool, "
-                   "the regression's gradient shards) and then the runs; "
+    p.add_argument("--jobs", type=int, metavar="N", help="processes (one torch thread each) for the stages (the rewards beside the reference, the DSM's and the "
+                   "regression's gradient shards, half the teacher pool) and then the runs; "
                    "the figures do not depend on it (default: 2 where there are 2 cores or more, else 1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset field, e.g. train.steps=100 (repeatable)")
     p.set_defaults(func=_run)

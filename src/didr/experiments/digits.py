@@ -402,8 +402,9 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
                    jobs: int = 1) -> DigitStages:
     """Build (or load from ``stage_dir``) the data, prompts, reference, rewards and initial
     generator. With ``jobs`` > 1 the rewards train in another process beside the reference (the
-    same networks: the same RNG state, the same steps), another process samples half the teacher
-    pool, and the regression's gradient shards run one per process: the same stages for any ``jobs``."""
+    same networks: the same RNG state, the same steps; unless they are cached), the reference's and
+    the regression's gradient shards run one per process, and another process samples half the
+    teacher pool: the same stages for any ``jobs``."""
     c = asdict(cfg)
     data = load_digit_data(cfg.dataset, cfg.holdout, seed)
     schedule = make_schedule(cfg.schedule)
