@@ -137,10 +137,10 @@ def test_cached_rewards_spawn_no_process_to_train_them(fast_bench, tmp_path, mon
 def test_a_sharded_dsm_batch_is_the_batch_the_reference_always_drew():
     """One shard: exactly the loss of the loop before shards existed (the same draws in the same
     order); two shards: parts that add up to it."""
+    from didr.data.digits import load_digit_data, stroke_style
     from didr.diffusion.losses import dsm_loss, sample_times
     from didr.diffusion.schedules import make_schedule
     from didr.experiments.digits import ClassPrompts, DSMShards, _where_null
-    from didr.data.digits import load_digit_data, stroke_style
     from didr.models.unet import UNetDenoiser
 
     data, prompts = load_digit_data("digits", 0.25, 0), ClassPrompts(10)
