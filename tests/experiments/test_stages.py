@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from didr.experiments.stages import cached_module, cached_tensors, digest, save_stage, stage_metadata
+from didr.experiments.stages import cached_module, cached_tensors, cached_timed, digest, is_cached, save_stage, stage_metadata
 
 
 def test_same_key_reuses_other_key_rebuilds(tmp_path):
@@ -38,3 +38,13 @@ def test_only_the_main_process_writes(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     save_stage(tmp_path / "s.safetensors", "k", {"x": torch.zeros(1)}, seconds="1.5")
     assert stage_metadata(tmp_path / "s.safetensors") == {"key": "k", "seconds": "1.5"}
+
+
+def test_a_timed_stage_keeps_the_seconds_its_building_took(tmp_path):
+    import time
+
+    path = tmp_path / "run.safetensors"
+    built, seconds = cached_timed(path, "k", lambda: (time.sleep(0.05), {"x": torch.ones(2)})[1])
+    assert seconds >= 0.05 and is_cached(path, "k") and not is_cached(path, "other") and not is_cached(tmp_path / "none", "k")
+    again, recorded = cached_timed(path, "k", lambda: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    assert recorded == seconds and torch.equal(again["x"], built["x"])

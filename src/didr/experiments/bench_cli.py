@@ -44,7 +44,7 @@ import torch
 
 from didr import config as cfgio
 from didr.experiments.bench_report import METRICS, analyse, reference_points, render_report, sample_figure, write_ablation
-from didr.experiments.stages import digest, load_stage, save_stage, stage_metadata
+from didr.experiments.stages import cached_timed, digest
 
 PRESETS: dict[str, dict] = {
     "digits": {
@@ -192,18 +192,11 @@ def run_method(stages, run: Run, cfg, out: Path, seed: int) -> dict:
     trained = {k: v for k, v in cfgio.to_dict(train).items() if k != "progress"}  # how a run reports itself is not what it trains
     key = digest({"stages": stages.keys, "method": cfgio.to_dict(method), "train": trained, "target_cfg": target_cfg})
     run_dir = out / "runs" / f"{slug(run.label)}_s{seed}"
-    path = run_dir / "generator.safetensors"
-    start = time.perf_counter()
+    reference = GuidedDenoiser(stages.ref_net, target_cfg, stages.prompts.null_cond) if target_cfg else None
+    train_it = lambda: align(stages, method, train, run_dir, desc=f"{run.label} seed {seed}", reference=reference).state_dict()  # noqa: E731
+    state, seconds = cached_timed(run_dir / "generator.safetensors", key, train_it)
     generator = copy.deepcopy(stages.generator)
-    state = load_stage(path, key)
-    if state is not None:
-        generator.load_state_dict(state)
-        seconds = float(stage_metadata(path)["seconds"])
-    else:
-        reference = GuidedDenoiser(stages.ref_net, target_cfg, stages.prompts.null_cond) if target_cfg else None
-        generator = align(stages, method, train, run_dir, desc=f"{run.label} seed {seed}", reference=reference)
-        seconds = time.perf_counter() - start
-        save_stage(path, key, generator.state_dict(), seconds=repr(seconds))
+    generator.load_state_dict(state)
     return {"generator": generator, "seconds": seconds}
 
 
@@ -295,15 +288,9 @@ class Bench:
         self.rows.append(row)
         self.grids["real (train)"] = real[:100]
         # the teacher's evaluation samples are a stage: the longest sampling of the evaluation, the same in every rerun
-        path, key = self.out / "stages" / "teacher_eval.safetensors", digest({"teacher": s.keys["teacher"], "n": len(self.z), "seed": EVAL_SEED})
-        images = load_stage(path, key)
-        if images is not None:
-            seconds = float(stage_metadata(path)["seconds"])
-        else:
-            ts = time.perf_counter()
-            images = self.samples(lambda z, c: teacher_sample(s.reference, z, c, d.teacher_steps))
-            seconds = time.perf_counter() - ts
-            save_stage(path, key, images, seconds=repr(seconds))
+        key = digest({"teacher": s.keys["teacher"], "n": len(self.z), "seed": EVAL_SEED})
+        images, seconds = cached_timed(self.out / "stages" / "teacher_eval.safetensors", key,
+                                       lambda: self.samples(lambda z, c: teacher_sample(s.reference, z, c, d.teacher_steps)))
         self.record(f"teacher {d.teacher_steps} steps", "teacher", "", None, (2 if d.cfg_scale != 1 else 1) * d.teacher_steps, images, seconds)
         self.record("initial 1 step", "initial", "", None, 1, lambda z, c: generate(s.generator, z, c), 0.0)
 

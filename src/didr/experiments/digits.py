@@ -43,7 +43,7 @@ from didr.diffusion.samplers import ddim_sample
 from didr.diffusion.schedules import NoiseSchedule, make_schedule
 from didr.eval import image_metrics as im
 from didr.experiments.shards import ShardedGradients
-from didr.experiments.stages import cached_module, cached_tensors, digest, stage_metadata
+from didr.experiments.stages import cached_module, cached_tensors, digest, is_cached
 from didr.models.denoiser import GuidedDenoiser
 from didr.models.text import PromptSet, SentenceEncoder, encode_cached, minilm_path
 from didr.models.unet import OneStepGenerator, UNetDenoiser
@@ -298,16 +298,24 @@ def train_reference(net: UNetDenoiser, ema: UNetDenoiser, data: DigitData, promp
     probability ``cond_drop`` (CFG, M4); Adam with a cosine decay; ``ema`` tracks the weights.
     Each batch's gradient is the sum of ``ref_shards`` shards' (:mod:`didr.experiments.shards`),
     computed in parallel when ``jobs >= ref_shards``: the same weights whatever ``jobs`` is."""
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.ref_lr, foreach=True)  # the per-tensor update's bits, faster
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.ref_steps, eta_min=cfg.ref_lr * 0.05)
     task = DSMShards(data, prompts, net.schedule, cfg.ref_batch, cfg.cond_drop, cfg.ref_shards, seed)
-    with ShardedGradients(net, task, cfg.ref_shards, jobs) as grads:
-        for step in progress_bar(range(cfg.ref_steps), "reference (DSM)", enabled=progress):
+    _train_sharded(net, task, cfg.ref_shards, jobs, cfg.ref_steps, cfg.ref_lr, ema, cfg.ref_ema, "reference (DSM)", progress)
+
+
+def _train_sharded(model: nn.Module, task, shards: int, jobs: int, steps: int, lr: float, ema: nn.Module | None, ema_decay: float, desc: str,
+                   progress: bool) -> None:
+    """Adam (foreach: the per-tensor update's bits, faster) with a cosine decay to 5% of ``lr``, on
+    the batch gradients of ``task`` summed over ``shards``; ``ema`` (if any) tracks the weights."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr * 0.05)
+    with ShardedGradients(model, task, shards, jobs) as grads:
+        for step in progress_bar(range(steps), desc, enabled=progress):
             opt.zero_grad(set_to_none=True)
             grads.compute()
             opt.step()
             sched.step()
-            _ema_update(ema, net, min(cfg.ref_ema, step / (step + 10)))  # short warm-up so early weights fade fast
+            if ema is not None:
+                _ema_update(ema, model, min(ema_decay, step / (step + 10)))  # short warm-up so early weights fade fast
 
 
 class DSMShards:
@@ -360,19 +368,10 @@ def distill_generator(generator: OneStepGenerator, pool: dict[str, Tensor], prom
     ``distill_ema`` the generator ends with the EMA of its weights. Each batch's gradient is the sum
     of ``distill_shards`` shards' (:mod:`didr.experiments.shards`), computed in parallel when
     ``jobs >= distill_shards``: the same weights whatever ``jobs`` is."""
-    opt = torch.optim.Adam(generator.parameters(), lr=cfg.distill_lr, foreach=True)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.distill_steps, 1), eta_min=cfg.distill_lr * 0.05)
     ema = copy.deepcopy(generator).requires_grad_(False) if cfg.distill_ema else None
     generator.train()
     task = RegressionShards(pool, prompts, cfg.distill_batch, cfg.distill_shards, seed)
-    with ShardedGradients(generator, task, cfg.distill_shards, jobs) as grads:
-        for step in progress_bar(range(cfg.distill_steps), "generator init", enabled=progress):
-            opt.zero_grad(set_to_none=True)
-            grads.compute()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                _ema_update(ema, generator, min(cfg.distill_ema, step / (step + 10)))
+    _train_sharded(generator, task, cfg.distill_shards, jobs, cfg.distill_steps, cfg.distill_lr, ema, cfg.distill_ema, "generator init", progress)
     if ema is not None:
         generator.load_state_dict(ema.state_dict())
     generator.eval()
@@ -504,8 +503,7 @@ def reward_keys(cfg: DigitsConfig, data_key: str) -> dict[str, str]:
 def _rewards_cached(cfg: DigitsConfig, data_key: str, stage_dir: Path) -> bool:
     keys = reward_keys(cfg, data_key)
     stages = {"classifier": keys["classifier"], "eval_classifier": keys["classifier"], "preference": keys["preference"]}
-    return all((stage_dir / f"{name}.safetensors").is_file() and stage_metadata(stage_dir / f"{name}.safetensors").get("key") == key
-               for name, key in stages.items())
+    return all(is_cached(stage_dir / f"{name}.safetensors", key) for name, key in stages.items())
 
 
 def _rewards_aside(cfg: DigitsConfig, seed: int, stage_dir: Path, rng: Tensor):

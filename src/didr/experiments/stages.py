@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -33,11 +34,14 @@ def stage_metadata(path: Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
+def is_cached(path: Path | None, key: str) -> bool:
+    """Whether ``path`` holds a stage made with ``key`` (its tensors left unread)."""
+    return path is not None and path.is_file() and stage_metadata(path).get("key") == key
+
+
 def load_stage(path: Path | None, key: str) -> dict[str, Tensor] | None:
     """The stage's tensors if ``path`` holds them made with ``key``, else None."""
-    if path is None or not path.is_file() or stage_metadata(path).get("key") != key:
-        return None
-    return load_file(str(path))
+    return load_file(str(path)) if is_cached(path, key) else None
 
 
 def save_stage(path: Path | None, key: str, tensors: dict[str, Tensor], **info: str) -> None:
@@ -54,6 +58,19 @@ def cached_tensors(path: Path | None, key: str, build: Callable[[], dict[str, Te
         tensors = build()
         save_stage(path, key, tensors)
     return tensors
+
+
+def cached_timed(path: Path, key: str, build: Callable[[], dict[str, Tensor]]) -> tuple[dict[str, Tensor], float]:
+    """The tensors of a stage made with ``key`` and the seconds their building took, or ``build``
+    them, timed, and save both."""
+    tensors = load_stage(path, key)
+    if tensors is not None:
+        return tensors, float(stage_metadata(path)["seconds"])
+    start = time.perf_counter()
+    tensors = build()
+    seconds = time.perf_counter() - start
+    save_stage(path, key, tensors, seconds=repr(seconds))
+    return tensors, seconds
 
 
 def cached_module(path: Path | None, key: str, module: nn.Module, build: Callable[[], None]) -> nn.Module:
