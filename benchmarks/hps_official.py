@@ -94,8 +94,7 @@ def official_packages() -> bool:
 
 def build_official(full: bool):
     """hpsv2's model and transform, built as img_score.initialize_model builds them (no pretrained download)."""
-    from hpsv2.src.open_clip import create_model_and_transforms
-    from hpsv2.src.open_clip import factory
+    from hpsv2.src.open_clip import create_model_and_transforms, factory
 
     name = "ViT-H-14"
     if not full:

@@ -143,8 +143,8 @@ def network(backbone: str, n_layers: int | None = None, lora_rank: int = 0, trai
     gradient, so autograd keeps fewer inputs: which weights train changes what is saved."""
     from accelerate import init_empty_weights
 
-    from didr.models import real_shapes
     from didr.models.lora import add_lora
+    from didr.testing import true_shapes as real_shapes
 
     with init_empty_weights():
         net = real_shapes.sdxl_unet(torch.bfloat16) if backbone == "sdxl" else real_shapes.zimage_transformer(torch.bfloat16, n_layers)
@@ -186,7 +186,7 @@ def network_activations(backbone: str, batch: int, latent_side: int, n_layers: i
 def vae_decode_activations(backbone: str, batch: int, latent_side: int) -> tuple[float, float]:
     from accelerate import init_empty_weights
 
-    from didr.models import real_shapes
+    from didr.testing import true_shapes as real_shapes
 
     with init_empty_weights():
         vae = real_shapes.vae(backbone, torch.bfloat16)
@@ -200,7 +200,7 @@ def reward_activations(batch: int, dtype: torch.dtype = torch.bfloat16) -> float
     """GiB PickScore's vision tower (CLIP ViT-H/14 at 224 px) saves on the way to its image embedding."""
     from accelerate import init_empty_weights
 
-    from didr.models import real_shapes
+    from didr.testing import true_shapes as real_shapes
 
     with init_empty_weights():
         clip = real_shapes.clip_h(dtype)
@@ -213,7 +213,7 @@ def reward_activations(batch: int, dtype: torch.dtype = torch.bfloat16) -> float
 def parameter_counts(backbone: str, n_layers: int | None, lora_rank: int, ta_lora_rank: int) -> dict[str, int]:
     from accelerate import init_empty_weights
 
-    from didr.models import real_shapes
+    from didr.testing import true_shapes as real_shapes
 
     net = network(backbone, n_layers)
     with init_empty_weights():

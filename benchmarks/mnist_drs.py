@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from didr.experiments.bench_cli import preset
-from didr.experiments.digits import prepare_stages
+from didr.experiments.digits.bench import preset
+from didr.experiments.digits.stages import prepare_stages
 from didr.objectives.drs import DRPEstimator, MonteCarloDRS
 
 

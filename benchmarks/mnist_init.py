@@ -29,10 +29,13 @@ from pathlib import Path
 import torch
 
 from didr.eval.frontier import mean_interval
-from didr.experiments.bench_cli import Run, default_jobs, preset, run_configs
-from didr.experiments.bench_report import table
-from didr.experiments.digits import EVAL_SEED, Evaluator, align, distill_generator, generate, prepare_stages, teacher_sample, teacher_sample_split
-from didr.experiments.stages import cached_tensors, digest
+from didr.experiments.digits.bench import default_jobs, preset, run_train_config
+from didr.experiments.digits.evaluate import EVAL_SEED, Evaluator
+from didr.experiments.digits.report import table
+from didr.experiments.digits.stages import align, distill_generator, generate, prepare_stages, teacher_sample, teacher_sample_split
+from didr.experiments.stages import cached_tensors
+from didr.experiments.sweep import Setting
+from didr.files import digest
 from didr.models.unet import OneStepGenerator, UNetDenoiser
 
 #: the preset before it adopted "pool 10k + 6k steps + EMA": pool 1,500, 1,500 steps, no EMA. Every
@@ -134,7 +137,8 @@ def main() -> None:
         rows.append(score(init_label, None, lambda zz, cc: generate(generator, zz, cc), seconds))
         start = dataclasses.replace(stages, generator=generator.eval())
         for seed in range(args.seeds):
-            method, train = run_configs(Run("DI", "", {"name": "di"}), cfg, seed)
+            di = Setting("DI", "", dataclasses.replace(cfg.method, name="di"))
+            method, train = di.method, run_train_config(di, cfg, seed)
             ts = time.perf_counter()
             trained = align(start, method, train, None, desc=f"DI from {label} seed {seed}")
             rows.append(score(di_label, seed, lambda zz, cc: generate(trained, zz, cc), time.perf_counter() - ts))
@@ -163,7 +167,7 @@ def write(rows: list[dict], notes: dict[str, str], args, path: Path, seconds: fl
         (f, fh), (pr, ph), (rc, rh) = (mean_interval([r[k] for r in rs]) for k in ("fid_real", "precision", "recall"))
         fh, ph, rh = (0.0 if h != h else h for h in (fh, ph, rh))  # one seed: no interval
         means = f <= 1.1 * teacher["fid_real"] and abs(pr - teacher["precision"]) <= 0.03 and abs(rc - teacher["recall"]) <= 0.03
-        # as didr.experiments.bench_report.claims judges DI: every interval inside the target
+        # as didr.experiments.digits.report.claims judges DI: every interval inside the target
         intervals = f + fh <= 1.1 * teacher["fid_real"] and abs(pr - teacher["precision"]) + ph <= 0.03 and abs(rc - teacher["recall"]) + rh <= 0.03
         lines.append(f"| {label} | {note} | {init['fid_real']:.3g} | {init['recall']:.3f} | {f / teacher['fid_real']:.2f} | "
                      f"{pr - teacher['precision']:+.3f} | {rc - teacher['recall']:+.3f} | {'yes' if means else 'no'} | {'yes' if intervals else 'no'} |")

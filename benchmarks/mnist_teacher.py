@@ -10,19 +10,22 @@ the 1,000 held-out images. Prints one line per (steps, EMA or raw weights, w); r
 results/mnist.md.
 """
 
-import copy
 import sys
 import time
 
 import torch
 
 from didr.data.digits import load_digit_data
+from didr.diffusion.denoiser import GuidedDenoiser
 from didr.diffusion.schedules import make_schedule
 from didr.eval import image_metrics as im
-from didr.experiments.digits import ClassPrompts, DigitsConfig, teacher_sample, train_reference
-from didr.models.denoiser import GuidedDenoiser
+from didr.experiments.digits.config import DigitsConfig
+from didr.experiments.digits.prompts import ClassPrompts
+from didr.experiments.digits.rewards import train_classifier
+from didr.experiments.digits.stages import teacher_sample, train_reference
 from didr.models.unet import UNetDenoiser
-from didr.rewards.digits import DigitCNN, train_classifier
+from didr.rewards.digits import DigitCNN
+from didr.train.ema import EMA
 
 
 def main() -> None:
@@ -33,19 +36,21 @@ def main() -> None:
     data = load_digit_data("mnist", 0.2, 0)
     schedule = make_schedule("vp-cosine")
     t0 = time.perf_counter()
-    classifier = train_classifier(DigitCNN(10, 24, 32, 28), data.train_x, data.train_y, steps=300, seed=2)
+    classifier = DigitCNN(10, 24, 32, 28)
+    train_classifier(classifier, data.train_x, data.train_y, steps=300, seed=2)
     real = im.features(classifier, data.test_x)
     print("real train vs heldout FID", im.frechet_distance(im.features(classifier, data.train_x[:1000]), real), flush=True)
     torch.manual_seed(0)
     net = UNetDenoiser(schedule, 10, channels, 2, data.sigma_data())
-    ema = copy.deepcopy(net)
+    averaged = EMA(net, 0.999)
+    ema = averaged.module
     prompts = ClassPrompts(10)
     gen = torch.Generator().manual_seed(12345)
     z, c = torch.randn(1000, *data.shape, generator=gen), torch.arange(1000) % 10
     done = 0
     for total in checkpoints:
         cfg = DigitsConfig(dataset="mnist", channels=list(channels), patch=2, ref_steps=total - done, ref_batch=64, ref_lr=lr, ref_ema=0.999)
-        train_reference(net, ema, data, prompts, cfg, seed=done, progress=False)  # continues training
+        train_reference(net, data, prompts, cfg, seed=done, progress=False, ema=averaged)  # continues training
         done = total
         for name, model in (("ema", ema), ("raw", net)):
             for w in (1.0, 1.5, 2.0):

@@ -20,7 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
-from didr.experiments.bench_report import ablation_summary, render_report, target_text
+from didr.experiments.digits.report import ablation_summary, render_report, target_text
 
 #: results recorded beside each benchmark's report, listed at its end
 RELATED = {

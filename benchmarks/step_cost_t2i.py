@@ -5,7 +5,7 @@ DI++ in the same run. Random weights, so no download is needed.
     python benchmarks/step_cost_t2i.py --backbones sdxl --grid full
     python benchmarks/step_cost_t2i.py --tiny                 # CPU, tiny pipelines: checks that the script works
 
-The networks are the published configurations (``didr.models.real_shapes``), written once as
+The networks are the published configurations (``didr.testing.true_shapes``), written once as
 pipeline folders under ``--cache`` in bf16 and loaded through ``backbone.pretrained``, the path that
 released weights take. Each configuration is built with the real ``build()`` and timed with the real
 ``Trainer.step()``, which runs ``ta_updates`` TA updates and one generator update. The generator is a
@@ -83,7 +83,8 @@ def grid(backbones: list[str], kind: str) -> list[Row]:
 
 def folders(backbone: str, cache: Path, tiny: bool) -> tuple[Path, str]:
     """(pipeline folder, reward spec), written once."""
-    from didr.models import real_shapes, tiny as tiny_models
+    from didr.testing import tiny as tiny_models
+    from didr.testing import true_shapes as real_shapes
 
     if tiny:
         pipe = cache / f"tiny-{backbone}"

@@ -16,8 +16,8 @@ time is kept in results/toy_frontiers/invocations.json.
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import platform
 import shlex
 import shutil
@@ -107,7 +107,7 @@ def render_index() -> str:
         "# Toy frontiers: each method over its strength, 3 seeds, compared at equal reward",
         "",
         "Recorded with `benchmarks/toy_frontiers.py` (each case is one `didr toy --frontier` call). A run's error is its",
-        "distance to the exact optimum p*_beta' whose mean reward equals the run's (method.md §7): W1 (sliced in d > 1),",
+        "distance to the exact optimum p*_beta' whose mean reward equals the run's (docs/method.md §7): W1 (sliced in d > 1),",
         "the mode weights' total variation, and the off-data excess (median distance to the nearest mode, in mode stds,",
         "minus that of exact samples). The exact optimum scores 0 on all three. Comparisons are paired by seed and",
         "computed along the reward range both frontiers reach; 'level' means the 95% interval of the difference contains 0.",

@@ -6,7 +6,7 @@ time and peak resident memory next to what ``memory_estimate.py`` predicts for t
     flock /tmp/didr-heavy.lock python benchmarks/true_shapes.py --backbone zimage --n-layers 30 --resolution 128
 
 Random-weight pipeline folders are written once, in a child process, from the published configs
-(``didr.models.real_shapes``), under ``--cache``. The run itself is the user's command,
+(``didr.testing.true_shapes``), under ``--cache``. The run itself is the user's command,
 ``python -m didr train CONFIG --out DIR``, on a config that this script writes: a LoRA generator and a
 LoRA TA (rank 64), DRP with k = 2 and checkpointing, bf16 weights and autocast, the real VAE
 decoding at reduced resolution (``decode_downscale``), and PickScore's full-width CLIP ViT-H/14 as the
@@ -59,9 +59,10 @@ def ensure_folder(what: str, folder: Path, dtype: str, n_layers: int | None) -> 
     """Write a random-weight folder in a child process, once (its memory is not the run's)."""
     marker = folder / ("config.json" if what == "clip-h" else "model_index.json")
     if not marker.is_file():
-        cmd = [sys.executable, "-m", "didr.models.real_shapes", what, str(folder), "--dtype", dtype]
-        if n_layers is not None:
-            cmd += ["--n-layers", str(n_layers)]
+        kw = f", n_layers={n_layers}" if n_layers is not None else ""
+        code = (f"from pathlib import Path; from didr.runtime import DTYPES; from didr.testing import true_shapes; "
+                f"true_shapes.SAVERS[{what!r}](Path({str(folder)!r}), dtype=DTYPES[{dtype!r}]{kw})")
+        cmd = [sys.executable, "-c", code]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         print(f"built {folder} in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from didr.config import to_dict
-from didr.experiments.bench_cli import preset
+from didr.experiments.digits.bench import preset
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from didr.diffusion.denoiser import Denoiser, X0Denoiser
 from didr.diffusion.losses import dsm_loss, sample_times
 from didr.diffusion.mixture import GaussianMixture, MixtureDenoiser
 from didr.diffusion.schedules import FlowMatchingSchedule, VPCosineSchedule
-from didr.models.denoiser import Denoiser, X0Denoiser
 
 MIX = GaussianMixture.ring(n_modes=4, radius=2.0, std=0.4)
 

@@ -9,6 +9,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from torch import nn
 
+from didr.diffusion.denoiser import EpsDenoiser, FlowDenoiser, VDenoiser
 from didr.diffusion.mixture import GaussianMixture, MixtureDenoiser
 from didr.diffusion.samplers import (
     ancestral_sample,
@@ -20,7 +21,6 @@ from didr.diffusion.samplers import (
     time_grid,
 )
 from didr.diffusion.schedules import FlowMatchingSchedule, VPCosineSchedule, VPDiscreteSchedule
-from didr.models.denoiser import EpsDenoiser, FlowDenoiser, VDenoiser
 
 SD = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 N = 1000

@@ -46,7 +46,7 @@ def expected_brightness(name):
 
 
 def test_scores_every_image_in_sorted_order(folder):
-    result = score_images(folder, ["py:test_score:brightness", "py:test_score:prompt_length"], prompts=list(PROMPTS.values()), batch_size=1)
+    result = score_images(folder, ["py:tests.eval.test_score:brightness", "py:tests.eval.test_score:prompt_length"], prompts=list(PROMPTS.values()), batch_size=1)
     assert result.files == ["a.png", "b.png", "c.jpg"]
     assert result.scores["brightness"] == pytest.approx([expected_brightness(f) for f in result.files], abs=0.01)
     assert result.scores["prompt_length"] == [5.0, 9.0, 3.0]
@@ -78,7 +78,7 @@ def test_prompt_sources(folder, tmp_path, kind):
             (folder / n).with_suffix(".txt").write_text(PROMPTS[n] + "\n")
     else:
         kwargs["prompt"] = "one prompt"
-    result = score_images(folder, "py:test_score:prompt_length", **kwargs)
+    result = score_images(folder, "py:tests.eval.test_score:prompt_length", **kwargs)
     want = [10.0] * 3 if kind == "single" else [float(len(PROMPTS[n])) for n in names]
     assert result.scores["prompt_length"] == want
 
@@ -96,7 +96,7 @@ def test_csv_and_json_outputs(folder, tmp_path):
 
 
 def test_same_reward_twice_gets_distinct_names(folder):
-    result = score_images(folder, ["py:test_score:brightness", "py:test_score:brightness"])
+    result = score_images(folder, ["py:tests.eval.test_score:brightness", "py:tests.eval.test_score:brightness"])
     assert list(result.scores) == ["brightness", "brightness#2"]
 
 
@@ -124,7 +124,7 @@ def test_tiny_aesthetic_model_scores_through_the_cli(folder, tmp_path, capsys):
     CLIPModel(config).save_pretrained(model_dir)
     torch.save(MLPHead(8).state_dict(), model_dir / "sac+logos+ava1-l14-linearMSE.pth")
     out = tmp_path / "scores.json"
-    code = main(["score", str(folder), "-r", f"aesthetic:{model_dir}", "-r", "py:test_score:brightness", "-o", str(out), "--device", "cpu"])
+    code = main(["score", str(folder), "-r", f"aesthetic:{model_dir}", "-r", "py:tests.eval.test_score:brightness", "-o", str(out), "--device", "cpu"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "aesthetic" in printed and "brightness" in printed and "(3 images)" in printed

@@ -3,7 +3,8 @@
 import torch
 from torch import nn
 
-from didr.experiments.stages import cached_module, cached_tensors, cached_timed, digest, is_cached, save_stage, stage_metadata
+from didr.experiments.stages import cached_module, cached_tensors, cached_timed, is_cached, save_stage, stage_metadata
+from didr.files import digest
 
 
 def test_same_key_reuses_other_key_rebuilds(tmp_path):

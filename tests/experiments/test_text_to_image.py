@@ -31,14 +31,14 @@ def zimage_run(tmp_path_factory):
 
 def rebuilt_generator(run: Path, kind: str):
     """The exported network under our own adapter and the exported times."""
-    from didr.experiments.text_to_image import AnyScheduler, network_class
-    from didr.models.diffusers_backbones import make_denoiser, schedule_from_scheduler
+    from didr.models.backbones import backbone, make_denoiser, schedule_from_scheduler
     from didr.models.generators import StepGenerator
+    from didr.models.pipeline import AnyScheduler
 
     info = json.loads((run / "export" / "sampling.json").read_text())
-    net = network_class(kind).from_pretrained(run / "export" / info["network"]).eval()
+    net = backbone(kind).network_cls().from_pretrained(run / "export" / info["network"]).eval()
     sched = AnyScheduler.from_pretrained(str(run / "tiny" / kind), subfolder="scheduler")
-    family = "unet" if info["network"] == "unet" else kind
+    family = backbone(kind).family.name
     return StepGenerator(make_denoiser(net, schedule_from_scheduler(sched, family), family), info["times"], renoise=info["renoise"]).eval(), info
 
 
@@ -89,7 +89,7 @@ def test_tiny_zimage_trains_and_stock_pipeline_samples_the_export(zimage_run):
 
 
 def test_reference_guidance_defaults_per_backbone(tmp_path, sdxl_run):
-    from didr.models.denoiser import GuidedDenoiser
+    from didr.diffusion.denoiser import GuidedDenoiser
 
     t2i = start(run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=str(sdxl_run / "tiny" / "sdxl")), tmp_path / "out")
     assert isinstance(t2i.reference, GuidedDenoiser) and t2i.reference.scale == 8.0  # DMD2's real-score guidance
@@ -137,7 +137,7 @@ def test_missing_weights_name_what_was_expected(tmp_path, sdxl_run):
 def test_backbone_mismatches_stop_before_training(tmp_path, sdxl_run):
     from diffusers import UNet2DConditionModel
 
-    from didr.models.tiny import tiny_sdxl_unet
+    from didr.testing.tiny import tiny_sdxl_unet
 
     src = str(sdxl_run / "tiny" / "sdxl")
     with pytest.raises(ConfigError, match="expects SDXL's text_time conditions; use kind: sdxl"):

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from didr.diffusion.schedules import VPDiscreteSchedule
-from didr.models import tiny
-from didr.models.diffusers_backbones import SharedDenoiser, make_denoiser
+from didr.models.backbones import make_denoiser
 from didr.models.export import generator_adapter, save_merged_network
 from didr.models.lora import add_lora
+from didr.models.shared import SharedDenoiser
+from didr.testing import tiny
 
 diffusers = pytest.importorskip("diffusers")
 

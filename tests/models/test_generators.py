@@ -9,10 +9,10 @@ import torch
 from didr.diffusion.samplers import ddim_sample
 from didr.diffusion.schedules import VPCosineSchedule
 from didr.errors import ConfigError
-from didr.experiments.fewstep_toy import Regime, initial_two_step, score_two_step, train_two_step
+from didr.experiments.toy.fewstep import Regime, initial_two_step, score_two_step, train_two_step
 from didr.models.generators import ForwardNoisedSteps, StepGenerator, generator_times
 from didr.models.mlp import MLPDenoiser
-from gloo_ranks import on_two_gloo_ranks
+from tests.gloo_ranks import on_two_gloo_ranks
 
 TIMES = [0.9, 0.6, 0.3]
 
@@ -135,7 +135,8 @@ def test_processes_train_the_same_step():
 def toy_stages():
     """The 1-D two-mode mixture of the toy, a briefly trained reference network (the TA's and the
     generator's initialisation) and the exact mixture denoiser as the DI target."""
-    from didr.experiments.toy import ToyConfig, prepare_stages
+    from didr.experiments.toy.config import ToyConfig
+    from didr.experiments.toy.stages import prepare_stages
 
     cfg = ToyConfig(hidden=64, depth=3, ref_steps=300, ref_batch=512, ref_lr=1e-3, distill_steps=0, eval_samples=10)
     return prepare_stages(cfg, seed=0, stage_dir=None, progress=False)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from didr.diffusion.schedules import VPDiscreteSchedule
-from didr.models import tiny
-from didr.models.diffusers_backbones import make_denoiser
-from didr.models.export import save_lora
 from didr.errors import ModelLoadError
+from didr.models.backbones import backbone, make_denoiser
+from didr.models.export import save_lora
 from didr.models.lora import adapter_rank, add_lora, load_lora, lora_state_dict, merged_copy
+from didr.testing import tiny
 
 pytest.importorskip("peft")
 
@@ -50,7 +50,7 @@ def test_saved_lora_loads_into_stock_pipeline(tmp_path):
     tiny.save_tiny_sdxl(base)
     plain = UNet2DConditionModel.from_pretrained(base / "unet")
     unet = trained_lora_unet(copy.deepcopy(plain))  # the adapter on the pipeline's own base weights
-    save_lora("sdxl", lora_state_dict(unet, "generator"), tmp_path / "lora")
+    save_lora(backbone("sdxl"), lora_state_dict(unet, "generator"), tmp_path / "lora")
     pipe = StableDiffusionXLPipeline.from_pretrained(base)
     pipe.load_lora_weights(tmp_path / "lora")
     x, t, cond = sdxl_inputs()
@@ -103,10 +103,10 @@ def test_a_released_lora_loads_as_a_named_trainable_adapter(tmp_path):
     """A LoRA file in the pipeline's format (DMD2 releases its SDXL LoRA so) becomes adapter
     "generator" beside an existing "ta": same outputs as the network it was saved from, both adapters train."""
     unet = trained_lora_unet()
-    save_lora("sdxl", lora_state_dict(unet, "generator"), tmp_path / "lora")
+    save_lora(backbone("sdxl"), lora_state_dict(unet, "generator"), tmp_path / "lora")
     torch.manual_seed(0)
     fresh = add_lora(tiny.tiny_sdxl_unet().eval(), 2, "ta")
-    load_lora(fresh, "sdxl", str(tmp_path / "lora"), "generator")
+    load_lora(fresh, backbone("sdxl"), str(tmp_path / "lora"), "generator")
     assert adapter_rank(fresh, "generator") == 4 and adapter_rank(fresh, "ta") == 2
     assert all(p.requires_grad for n, p in fresh.named_parameters() if "lora_" in n)
     assert not any(p.requires_grad for n, p in fresh.named_parameters() if "lora_" not in n)
@@ -120,4 +120,4 @@ def test_a_released_lora_loads_as_a_named_trainable_adapter(tmp_path):
 def test_a_lora_file_that_does_not_fit_is_refused(tmp_path):
     (tmp_path / "empty.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelLoadError, match="generator_lora"):
-        load_lora(tiny.tiny_sdxl_unet(), "sdxl", str(tmp_path / "empty.safetensors"), "generator")
+        load_lora(tiny.tiny_sdxl_unet(), backbone("sdxl"), str(tmp_path / "empty.safetensors"), "generator")

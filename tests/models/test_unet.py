@@ -2,9 +2,9 @@ import copy
 
 import torch
 
+from didr.diffusion.denoiser import GuidedDenoiser
 from didr.diffusion.losses import dsm_loss, sample_times
 from didr.diffusion.schedules import VPCosineSchedule
-from didr.models.denoiser import GuidedDenoiser
 from didr.models.unet import OneStepGenerator, UNetDenoiser
 
 

@@ -189,7 +189,7 @@ def test_drp_k_steps_is_the_gradient_through_ddim(k):
 
 def test_drp_gradient_does_not_reach_reference_weights():
     """The gradient flows through the reference's input, never its parameters (M12)."""
-    from didr.models.denoiser import X0Denoiser
+    from didr.diffusion.denoiser import X0Denoiser
 
     net = torch.nn.Linear(1, 1)
     ref = X0Denoiser(lambda x, tm, c: net(x), VP)

@@ -84,7 +84,7 @@ def test_didr_subtracts_omega_a_drs():
     torch.testing.assert_close(g_didr, g_di - VP.alpha(t)[:, None] * drs / x0.shape[0], rtol=1e-4, atol=1e-6)
 
 
-# --- the optimum: a linear reward keeps p* a Gaussian mixture (method.md §2) ---
+# --- the optimum: a linear reward keeps p* a Gaussian mixture (docs/method.md §2) ---
 C, BETA = 1.0, 0.8
 REF_1D = GaussianMixture([-2.0, 0.5, 2.5], [0.5, 0.3, 0.8], [0.3, 0.2, 0.5])
 

@@ -11,7 +11,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def clip_folder(tmp_path_factory):
-    from tiny_models import save_clip_folder
+    from didr.testing.reward_models import save_clip_folder
 
     return save_clip_folder(tmp_path_factory.mktemp("pickscore"))
 
@@ -28,7 +28,7 @@ def photos():
 def hps_folder(tmp_path_factory):
     """HPSv2's file name and ``{"state_dict": ...}`` layout from an open_clip-layout module, a tokenizer
     and the tiny architecture's config.json; returns (folder, reference module)."""
-    from tiny_models import OpenClipReference, save_clip_tokenizer, tiny_hps_config
+    from didr.testing.reward_models import OpenClipReference, save_clip_tokenizer, tiny_hps_config
 
     folder = tmp_path_factory.mktemp("hps")
     vocab = save_clip_tokenizer(folder)
@@ -42,7 +42,7 @@ def hps_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def image_reward_folder(tmp_path_factory):
     """ImageReward.pt + med_config.json + vocab.txt; returns (folder, BLIP ViT reference)."""
-    from tiny_models import save_image_reward_folder
+    from didr.testing.reward_models import save_image_reward_folder
 
     return save_image_reward_folder(tmp_path_factory.mktemp("imagereward"))
 
@@ -50,9 +50,8 @@ def image_reward_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def aesthetic_folder(tmp_path_factory):
     """OpenAI-CLIP-like tiny model (quick GELU) plus a head file under the official name."""
-    from tiny_models import save_clip_folder
-
     from didr.rewards.heads import MLPHead
+    from didr.testing.reward_models import save_clip_folder
 
     folder = save_clip_folder(tmp_path_factory.mktemp("aesthetic"), seed=1, act="quick_gelu")
     torch.manual_seed(2)

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tiny_models import torchvision_reference, to_model_range, transformers_reference
 
 from didr.errors import ModelLoadError, RewardError
 from didr.rewards.base import call_reward
 from didr.rewards.clip import load_aesthetic, load_clipscore, load_pickscore
 from didr.rewards.heads import MLPHead
+from didr.testing.reward_models import to_model_range, torchvision_reference, transformers_reference
 
 PROMPTS = ["a photo of an astronaut", "a red cup of coffee"]
 

@@ -4,9 +4,16 @@ import pytest
 import torch
 
 from didr.errors import ConfigError, RewardError
+from didr.experiments.digits.rewards import train_preference
 from didr.rewards.base import call_reward
 from didr.rewards.digits import (
-    ClassifierReward, DigitCNN, DigitReward, PreferenceReward, bradley_terry_loss, slant, thickness, train_preference,
+    ClassifierReward,
+    DigitCNN,
+    DigitReward,
+    PreferenceReward,
+    bradley_terry_loss,
+    slant,
+    thickness,
 )
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import OPEN_CLIP_CLEANED, letterbox_cases, tiny_hps_config, to_model_range
 
 from didr.errors import ModelLoadError
+from didr.hub import key_mismatch
 from didr.rewards.base import call_reward
 from didr.rewards.hps import VIT_H_14, hps_config, load_hpsv2, open_clip_to_transformers
-from didr.rewards.loading import key_mismatch
+from didr.testing.reward_models import OPEN_CLIP_CLEANED, letterbox_cases, tiny_hps_config, to_model_range
 
 PROMPTS = ["a photo of an astronaut", "a red cup of coffee"]
 #: hpsv2 1.2.0's img_score transform (torchvision 0.29.1) on photographs, written by benchmarks/hps_official.py --golden
@@ -37,7 +37,7 @@ def test_vit_h_14_key_count_matches_open_clip_layout():
     """Full-size ViT-H-14: 32 vision + 24 text blocks of 12 tensors each, plus 17 others, all mapped."""
     from transformers import CLIPModel
 
-    from didr.rewards.loading import empty_model
+    from didr.hub import empty_model
 
     model = empty_model(lambda: CLIPModel(hps_config(VIT_H_14)))
     # open_clip's ViT-H-14 key list, from model.py / transformer.py (no layer scale, no attention pooling)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import official_image_reward_state
 
 from didr.errors import ModelLoadError
+from didr.hub import key_mismatch
 from didr.rewards.base import call_reward
 from didr.rewards.image_reward import (
     IGNORED_KEYS,
@@ -18,7 +18,7 @@ from didr.rewards.image_reward import (
     text_config_from_med,
     vision_config_from_state_dict,
 )
-from didr.rewards.loading import key_mismatch
+from didr.testing.reward_models import official_image_reward_state
 
 PROMPTS = ["a photo of an astronaut", "a red cup of coffee"]
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import torchvision_reference, to_model_range, transformers_reference
 
 from didr.rewards.preprocess import (
     OPENAI_CLIP_MEAN,
@@ -29,6 +28,7 @@ from didr.rewards.preprocess import (
     to_unit_range,
     torchvision_clip_preprocess,
 )
+from didr.testing.reward_models import to_model_range, torchvision_reference, transformers_reference
 
 GREY = 1 / 255 / min(OPENAI_CLIP_STD)  # one grey level in normalised units
 MAX_TOL, MEAN_TOL = 1.5 * GREY, 0.5 * GREY

@@ -78,7 +78,7 @@ def test_dtype_option(clip_folder):
 
 
 def test_python_and_toy_rewards():
-    assert load_reward("py:test_registry:brightness") is brightness
+    assert load_reward("py:tests.rewards.test_registry:brightness") is brightness
     assert isinstance(load_reward("py:didr.rewards.toy:SigmoidReward"), SigmoidReward)
     assert isinstance(load_reward("toy:sigmoid:4"), SigmoidReward)
     assert load_reward(brightness) is brightness

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import OPEN_CLIP_CLEANED
 
 from didr.rewards.text_cleaning import open_clip_clean
+from didr.testing.reward_models import OPEN_CLIP_CLEANED
 
 
 @pytest.mark.parametrize(("raw", "cleaned"), OPEN_CLIP_CLEANED.items(), ids=range(len(OPEN_CLIP_CLEANED)))

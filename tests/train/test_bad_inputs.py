@@ -15,7 +15,7 @@ from didr.cli import main
 from didr.errors import ConfigError, RewardError
 from didr.eval.score import read_prompts
 from didr.train.loop import Trainer, TrainingError
-from train_helpers import TOY, sets, tiny_alignment, tiny_config
+from tests.helpers import TOY, sets, tiny_alignment, tiny_config
 
 
 def snapshot(out: Path) -> dict[str, str]:

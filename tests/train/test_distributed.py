@@ -11,12 +11,12 @@ import re
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from didr.models.mlp import MLPGenerator
 from didr.train.distributed import Prepared, any_rank, make_accelerator, reduce_logs, same_on_all_ranks
-from safetensors.torch import load_file
-from gloo_ranks import on_two_gloo_ranks
-from train_helpers import ROOT, TOY, didr_cmd, exported, run, sets, torchrun_cmd
+from tests.gloo_ranks import on_two_gloo_ranks
+from tests.helpers import ROOT, TOY, didr_cmd, exported, run, sets, torchrun_cmd
 
 
 def _start_line(out) -> str:
@@ -91,7 +91,7 @@ def test_two_processes_stopped_and_resumed_match_an_uninterrupted_run(tmp_path):
     import subprocess
     import time
 
-    from train_helpers import ROOT, assert_bit_identical, subprocess_env
+    from tests.helpers import ROOT, assert_bit_identical, subprocess_env
 
     args = sets("train.steps=60", "train.checkpoint_every=10")
     whole = run(torchrun_cmd(2, "train", TOY, "--out", str(tmp_path / "whole"), *args), timeout=300)
@@ -136,7 +136,7 @@ def test_tiny_sdxl_killed_with_sigkill_resumes_bit_identical(tmp_path, sdxl_unin
 
     import psutil
 
-    from train_helpers import assert_bit_identical, subprocess_env
+    from tests.helpers import assert_bit_identical, subprocess_env
 
     out = tmp_path / "killed"
     cmd = torchrun_cmd(2, "train", TINY_SDXL, "--out", str(out), *SDXL_SETS)
@@ -253,7 +253,7 @@ def test_fsdp_checkpoints_and_resume_on_cpu_through_accelerates_fsdp_branch(tmp_
     import psutil
     import yaml
 
-    from train_helpers import assert_bit_identical, subprocess_env
+    from tests.helpers import assert_bit_identical, subprocess_env
 
     preset = yaml.safe_load((ROOT / "configs" / "accelerate" / "fsdp.yaml").read_text())
     preset["fsdp_config"].update(fsdp_sync_module_states=False, fsdp_cpu_ram_efficient_loading=False)  # both need a device

@@ -13,8 +13,7 @@ import torch
 from didr.errors import CheckpointError, RewardError
 from didr.train.config import TrainConfig
 from didr.train.loop import Interrupted, Trainer, TrainingError, lr_factor
-
-from train_helpers import assert_bit_identical, exported, tiny_alignment, tiny_config
+from tests.helpers import assert_bit_identical, exported, tiny_alignment, tiny_config
 
 
 def test_run_writes_log_metrics_checkpoints_and_export(tmp_path):

@@ -1,5 +1,7 @@
 """Noise schedules (M1), samplers and the denoising score-matching loss (M5)."""
 
+from didr.diffusion.losses import dsm_loss
+from didr.diffusion.samplers import ancestral_sample, ddim_sample, ddim_step, flow_euler_sample, time_grid
 from didr.diffusion.schedules import (
     EDMSchedule,
     FlowMatchingSchedule,
@@ -8,8 +10,6 @@ from didr.diffusion.schedules import (
     VPDiscreteSchedule,
     make_schedule,
 )
-from didr.diffusion.samplers import ancestral_sample, ddim_sample, ddim_step, flow_euler_sample, time_grid
-from didr.diffusion.losses import dsm_loss
 
 __all__ = [
     "EDMSchedule",

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from didr.config import read_yaml
+from didr.diffusion.denoiser import Denoiser, per_sample_time
 from didr.diffusion.schedules import NoiseSchedule, broadcast_to
 from didr.errors import ConfigError
-from didr.models.denoiser import Denoiser, per_sample_time
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The exact optimum p*_beta ∝ q_0 exp(r / beta) (M6) of a Gaussian mixture, at every temperature,
-and the temperature whose optimum has a given mean reward (method.md §7, "distance at equal reward").
+and the temperature whose optimum has a given mean reward (docs/method.md §7, "distance at equal reward").
 
 Three ways to compute it, each building its pieces once so that any beta costs one reweighting:
 
@@ -158,10 +158,9 @@ class SampledOptimum(Optimum):
 
 
 def exact_optimum(mixture: GaussianMixture, reward, **kw) -> Optimum:
-    """Closed form for linear rewards, a grid in 1-D / 2-D, importance sampling otherwise."""
-    from didr.rewards.toy import LinearReward
-
-    if isinstance(reward, LinearReward):
+    """Closed form for linear rewards, a grid in 1-D / 2-D, importance sampling otherwise. A reward
+    says it is linear, r = w . x, with ``is_linear = True`` and gives w as ``direction(dim)``."""
+    if getattr(reward, "is_linear", False):
         return LinearOptimum(mixture, reward)
     if mixture.dim <= 2:
         return GridOptimum(mixture, reward, **kw)

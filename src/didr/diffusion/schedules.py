@@ -9,6 +9,7 @@ timestep convention.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 

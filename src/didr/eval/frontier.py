@@ -1,4 +1,4 @@
-"""Reward-error frontiers over seeds, and comparisons at equal reward (method.md §7).
+"""Reward-error frontiers over seeds, and comparisons at equal reward (docs/method.md §7).
 
 Each method is swept over its own strength (DIDR's beta, DI++'s alpha, ReFL's regulariser weight)
 and every setting is run with several seeds. A :class:`Point` holds one setting's per-seed mean

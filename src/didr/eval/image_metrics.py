@@ -62,7 +62,7 @@ def tilted_weights(rewards: Tensor, labels: Tensor, beta: float) -> Tensor:
 
 def matched_temperature(rewards: Tensor, labels: Tensor, target: float, lo: float = 1e-4, hi: float = 1e4) -> float:
     """beta' such that the empirical optimum's mean reward, sum_i w_i(beta') r_i with the weights of
-    :func:`tilted_weights`, equals ``target`` (method.md §7). That mean falls monotonically as
+    :func:`tilted_weights`, equals ``target`` (docs/method.md §7). That mean falls monotonically as
     beta' grows, so bisection in log beta' finds it. inf when ``target`` is at or below the plain
     mean (no tilt reaches less), NaN above what the smallest beta' reaches (the set's best
     images within each class)."""

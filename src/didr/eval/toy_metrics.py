@@ -7,7 +7,7 @@
   median, minus that of exact samples: does the run leave the data? (Exact samples of an isotropic
   Gaussian sit at a median of about sqrt(d - 2/3) stds: 1.18 in 2-D.)
 
-"Error at equal reward" (method.md §7) measures them against p*_beta', where beta' gives the exact
+"Error at equal reward" (docs/method.md §7) measures them against p*_beta', where beta' gives the exact
 optimum the run's own mean reward (:meth:`didr.diffusion.optimum.Optimum.fit_beta`); the optimum
 itself scores zero at every reward, up to the sampling floor of ``n`` samples, which
 :func:`sampling_floor` reports.

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from didr.diffusion.mixture import TiltedDensity  # noqa: E402
+from didr.eval.toy_metrics import off_data_median  # noqa: E402
 
 
 def plot_densities(samples: dict[str, np.ndarray], tilted: TiltedDensity, path: Path, title: str = "") -> Path:
@@ -53,8 +54,6 @@ def plot_samples(samples: dict[str, np.ndarray], optimum, beta: float, path: Pat
     in 1-D; in more dimensions, a scatter of the first two coordinates over exact samples of p* and
     the mode means (a contour plot cannot show modes this thin). Each panel's title gives the median
     off-data distance in mode stds."""
-    from didr.diffusion.mixture import TiltedDensity
-    from didr.eval.toy_metrics import off_data_median
 
     mix = optimum.mixture
     if mix.dim == 1:

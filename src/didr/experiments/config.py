@@ -4,6 +4,8 @@
     method: {...}          # MethodConfig: the objective and its settings
     train: {...}           # TrainConfig: the alternating TA / generator loop
     toy: {...}             # ToyConfig: the toy experiment's data, reward and stages
+    digits: {...}          # DigitsConfig: real digits / MNIST
+    backbone: {...}        # BackboneConfig: a diffusers text-to-image pipeline
 
 ``didr train CONFIG.yaml --set train.steps=100`` loads it with overrides; unknown fields, wrong
 types and out-of-range values are refused with the field's name.
@@ -14,11 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from didr.config import require
-from didr.experiments.digits import DigitsConfig
-from didr.experiments.text_to_image import BackboneConfig
-from didr.experiments.toy import ToyConfig
+from didr.experiments.digits.config import DigitsConfig
+from didr.experiments.toy.config import ToyConfig
+from didr.models.pipeline import BackboneConfig
 from didr.objectives.config import MethodConfig
 from didr.train.config import TrainConfig
+
+#: the experiments ``didr train`` runs (each one's runner: :data:`didr.experiments.registry.EXPERIMENTS`)
+EXPERIMENT_NAMES = ("toy", "digits", "text-to-image")
 
 
 @dataclass
@@ -31,6 +36,4 @@ class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # text-to-image experiments
 
     def validate(self, path: str = "") -> None:
-        from didr.experiments.registry import EXPERIMENTS
-
-        require(self.experiment in EXPERIMENTS, "experiment", f"unknown experiment {self.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+        require(self.experiment in EXPERIMENT_NAMES, "experiment", f"unknown experiment {self.experiment!r}; choose one of {', '.join(EXPERIMENT_NAMES)}")

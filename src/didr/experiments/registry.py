@@ -1,4 +1,4 @@
-"""Experiments that ``didr train`` can run: name -> function(config, out_dir) -> metrics dict."""
+"""The experiments that ``didr train`` runs: name -> function(config, out_dir) -> metrics dict."""
 
 from __future__ import annotations
 
@@ -6,28 +6,12 @@ from pathlib import Path
 from typing import Callable
 
 from didr.experiments.config import RunConfig
-
-
-def _toy(cfg: RunConfig, out_dir: Path) -> dict:
-    from didr.experiments.toy_run import train_toy
-
-    return train_toy(cfg, out_dir)
-
-
-def _text_to_image(cfg: RunConfig, out_dir: Path) -> dict:
-    from didr.experiments.text_to_image import run_text_to_image
-
-    return run_text_to_image(cfg, out_dir)
-
-
-def _digits(cfg: RunConfig, out_dir: Path) -> dict:
-    from didr.experiments.digits import run_digits
-
-    return run_digits(cfg, out_dir)
-
+from didr.experiments.digits.run import run_digits
+from didr.experiments.text_to_image import run_text_to_image
+from didr.experiments.toy.run import train_toy
 
 EXPERIMENTS: dict[str, Callable[[RunConfig, Path], dict]] = {
-    "toy": _toy,
-    "digits": _digits,
-    "text-to-image": _text_to_image,
+    "toy": train_toy,
+    "digits": run_digits,
+    "text-to-image": run_text_to_image,
 }

@@ -1,7 +1,7 @@
 """The stage cache: expensive preparation outputs (a reference network, reward models, teacher
 samples, the initial generator) saved once under ``OUT/stages/`` and reused by reruns and sweeps.
 
-Each stage is one safetensors file whose metadata carries a digest of the settings that made it;
+Each stage is one safetensors file whose metadata carries a digest (:func:`didr.files.digest`) of the settings that made it;
 a file made with other settings is rebuilt. The file is written atomically (temporary file,
 fsync, rename), so an interrupted run leaves either the old stage or the new one, never half of
 one. Every process builds (same seed, same result); only the main process writes.
@@ -9,8 +9,6 @@ one. Every process builds (same seed, same result); only the main process writes
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,13 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from didr.train.checkpoint import atomic_save_tensors
-from didr.train.distributed import is_main_process
-
-
-def digest(obj) -> str:
-    """A short, stable digest of JSON-able settings: the cache key of a stage."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+from didr.files import atomic_save_tensors
+from didr.runtime import is_main_process
 
 
 def stage_metadata(path: Path) -> dict[str, str]:

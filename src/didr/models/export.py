@@ -29,20 +29,12 @@ WEIGHTS = "diffusion_pytorch_model"
 SHARD_BYTES = 2**30
 
 
-def unshift(t: float, shift: float) -> float:
-    """Inverse of the flow-matching time shift t' = shift u / (1 + (shift - 1) u)."""
-    return t / (shift - (shift - 1) * t)
-
-
 def sampling_info(t2i, times: list[float]) -> dict:
-    cfg, schedule = t2i.cfg, t2i.generator.schedule
+    """How to sample the generator: its times, and the same as the stock pipeline's timesteps or sigmas."""
+    cfg = t2i.cfg
     info = {"kind": cfg.kind, "network": cfg.network, "times": times, "renoise": cfg.generator_renoise,
             "latent_shape": list(t2i.latent_shape), "resolution": cfg.resolution}
-    if cfg.network == "unet":
-        info["timesteps"] = [round(t * schedule.num_train_timesteps) - 1 for t in times]  # t = (n + 1) / N
-    else:
-        info["sigmas"] = [unshift(t, schedule.shift) for t in times]
-    return info
+    return {**info, **cfg.backbone.sampling(times, t2i.generator.schedule)}
 
 
 def generator_adapter(denoiser: nn.Module) -> str | None:
@@ -98,16 +90,11 @@ def export_generator(t2i, generator: nn.Module, out: Path) -> Path:
     adapter = generator_adapter(denoiser)
     save_merged_network(denoiser.net, adapter, out / t2i.cfg.network)
     if adapter is not None and t2i.cfg.export_lora:
-        save_lora(t2i.cfg.kind, lora_state_dict(denoiser.net, adapter), out / "lora")
+        save_lora(t2i.cfg.backbone, lora_state_dict(denoiser.net, adapter), out / "lora")
     (out / "sampling.json").write_text(json.dumps(sampling_info(t2i, list(generator.times)), indent=2))
     return out
 
 
-def save_lora(kind: str, layers: dict, folder: Path) -> None:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, ZImagePipeline
-
-    if kind == "zimage":
-        ZImagePipeline.save_lora_weights(folder, transformer_lora_layers=layers)
-    else:
-        cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
-        cls.save_lora_weights(folder, unet_lora_layers=layers)
+def save_lora(backbone, layers: dict, folder: Path) -> None:
+    """The LoRA weights as the backbone's stock pipeline saves them (``pipe.load_lora_weights`` reads them)."""
+    backbone.pipeline_cls().save_lora_weights(folder, **{f"{backbone.network}_lora_layers": layers})

@@ -1,4 +1,4 @@
-"""One-step and few-step generators g_theta(z, c) -> x_0 built on a Denoiser (method.md §1).
+"""One-step and few-step generators g_theta(z, c) -> x_0 built on a Denoiser (docs/method.md §1).
 
 A generator runs its network's Denoiser (M2) from the noise z, placed at time ``times[0]``, through
 the decreasing ``times``: at each time t_k it predicts x0_k = D(x_k, t_k), then moves x0_k to the

@@ -1,6 +1,6 @@
 """LoRA adapters (peft) on diffusers networks: the generator's trainable weights, and the TA as an
 adapter on the frozen reference so that the base weights are held once. A generator that starts
-from the reference itself is one more adapter on the same network (see ``SharedDenoiser``).
+from the reference itself is one more adapter on the same network (see :class:`didr.models.shared.SharedDenoiser`).
 
 ``add_lora`` freezes the base network and leaves only the named adapter trainable; ``load_lora``
 brings a released LoRA file in as a named adapter (DMD2's SDXL LoRA, say); ``merged_tensors`` /
@@ -18,10 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from didr.errors import ConfigError, ModelLoadError
+from didr.models.shared import adapters_disabled
 
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-#: the network's name in each pipeline's LoRA files (diffusers' ``unet_name`` / ``transformer_name``)
-LORA_PREFIX = {"sdxl": "unet", "sd": "unet", "zimage": "transformer"}
 
 
 def _trainable_adapters(net: nn.Module) -> set[str]:
@@ -50,12 +49,11 @@ def add_lora(net: nn.Module, rank: int, name: str, targets: list[str] | None = N
     return _train_only_adapters(net, keep, name)
 
 
-def load_lora(net: nn.Module, kind: str, source: str, name: str) -> nn.Module:
-    """Load a LoRA file or folder, in any format the ``kind`` pipeline's ``load_lora_weights`` reads
-    (diffusers, peft, kohya), into ``net`` as the trainable adapter ``name``; rank and alpha come from the file."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, ZImagePipeline
-
-    pipeline = {"sdxl": StableDiffusionXLPipeline, "sd": StableDiffusionPipeline, "zimage": ZImagePipeline}[kind]
+def load_lora(net: nn.Module, backbone, source: str, name: str) -> nn.Module:
+    """Load a LoRA file or folder, in any format the backbone's stock pipeline's ``load_lora_weights``
+    reads (diffusers, peft, kohya), into ``net`` as the trainable adapter ``name``; rank and alpha
+    come from the file. The network's weights are those under its name (``unet``, ``transformer``)."""
+    pipeline, prefix = backbone.pipeline_cls(), backbone.network
     keep = _trainable_adapters(net)
     try:
         out = pipeline.lora_state_dict(source)
@@ -63,11 +61,11 @@ def load_lora(net: nn.Module, kind: str, source: str, name: str) -> nn.Module:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ModelLoadError(f"backbone.generator_lora: cannot read LoRA weights from {source!r} ({first})") from err
     state, alphas = out if isinstance(out, tuple) else (out, None)
-    if not any(k.startswith(LORA_PREFIX[kind] + ".") for k in state):
-        raise ModelLoadError(f"backbone.generator_lora: {source} holds no {LORA_PREFIX[kind]} LoRA weights")
-    net.load_lora_adapter(state, network_alphas=alphas, adapter_name=name, prefix=LORA_PREFIX[kind])
+    if not any(k.startswith(prefix + ".") for k in state):
+        raise ModelLoadError(f"backbone.generator_lora: {source} holds no {prefix} LoRA weights")
+    net.load_lora_adapter(state, network_alphas=alphas, adapter_name=name, prefix=prefix)
     if not any(f".{name}." in n for n, _ in net.named_parameters()):
-        raise ModelLoadError(f"backbone.generator_lora: no weights of {source} fit this {LORA_PREFIX[kind]}")
+        raise ModelLoadError(f"backbone.generator_lora: no weights of {source} fit this {prefix}")
     return _train_only_adapters(net, keep, name)
 
 
@@ -143,8 +141,6 @@ class AdaptersOff(nn.Module):
         self._module = (module,)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        from didr.models.diffusers_backbones import adapters_disabled
-
         module = self._module[0]
         with torch.no_grad(), adapters_disabled(module):
             return module(*args, **kwargs)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from didr.diffusion.denoiser import PreconditionedDenoiser
 from didr.diffusion.schedules import NoiseSchedule
-from didr.models.denoiser import PreconditionedDenoiser
 
 
 class FourierEmbedding(nn.Module):

@@ -5,7 +5,7 @@ can then be freed); the embeddings are saved under a key made of the encoder's s
 prompts, and a rerun loads them instead of encoding again.
 
 Conditioning batches are dicts, the form every adapter of :mod:`didr.models.diffusers_backbones`
-reads and :func:`didr.models.denoiser.concat_cond` batches:
+reads and :func:`didr.diffusion.denoiser.concat_cond` batches:
 
 - SD / SDXL: ``encoder_hidden_states`` (B, 77, D); SDXL adds ``text_embeds`` (B, P), the pooled
   embedding of its second encoder, and ``time_ids`` (B, 6).

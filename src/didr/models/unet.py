@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from didr.diffusion.denoiser import Denoiser, PreconditionedDenoiser
 from didr.diffusion.schedules import NoiseSchedule
-from didr.models.denoiser import Denoiser, PreconditionedDenoiser
 from didr.models.mlp import FourierEmbedding
 
 
@@ -69,7 +69,7 @@ class SmallUNet(nn.Module):
 
 class UNetDenoiser(PreconditionedDenoiser):
     """A small conditional UNet behind EDM's preconditioning (see
-    :class:`didr.models.denoiser.PreconditionedDenoiser`).
+    :class:`didr.diffusion.denoiser.PreconditionedDenoiser`).
 
     Two kinds of ``cond``:
     - class indices, a (B,) tensor; index ``n_classes`` is the null class that classifier-free

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from didr.config import require
+from didr.config import apply_overrides, from_dict, require, to_dict
 from didr.diffusion.schedules import NoiseSchedule
 from didr.errors import ConfigError
 from didr.objectives.drs import DRPEstimator, DRSEstimator, ExactMixtureDRS, HybridDRS, MonteCarloDRS
@@ -55,6 +55,16 @@ class MethodConfig:
             require(v is None or 0 < v <= 1, f"{path}.{name}", f"must be in (0, 1], got {v}")
         if self.t_min is not None and self.t_max is not None:
             require(self.t_min <= self.t_max, f"{path}.t_min", f"must be <= t_max = {self.t_max}, got {self.t_min}")
+
+
+def parse_method_spec(spec: str, base: MethodConfig) -> tuple[str, MethodConfig]:
+    """``didr`` or ``didr:drs=exact:drp_steps=4`` -> (the spec as its label, the MethodConfig):
+    ``base`` with the method's name and the given fields."""
+    name, *pairs = spec.split(":")
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    fields = apply_overrides(to_dict(base) | {"name": name}, pairs)
+    return spec, from_dict(MethodConfig, fields, "method")
 
 
 def endpoint_alpha(cfg: MethodConfig, schedule: NoiseSchedule) -> float:

@@ -1,4 +1,4 @@
-"""Generator objectives: DI, DI++, DIDR, DMD (with or without an endpoint reward) and ReFL, one small class each (method.md §3).
+"""Generator objectives: DI, DI++, DIDR, DMD (with or without an endpoint reward) and ReFL, one small class each (docs/method.md §3).
 
 Every objective has the same call, ``objective(x0, cond, ref, ta, z=None) -> (loss, logs)``, where
 x0 are generator samples carrying the generator's graph, ``ref`` the frozen reference Denoiser (with

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from didr.errors import ModelLoadError
+from didr.hub import freeze, from_pretrained, has_files, load_state_dict, load_strict, resolve_file
 from didr.rewards.base import FrozenReward, prompt_list
 from didr.rewards.heads import MLPHead
-from didr.rewards.loading import freeze, from_pretrained, has_files, load_state_dict, load_strict, resolve_file
 from didr.rewards.preprocess import ImagePreprocess, preprocess_from_config, torchvision_clip_preprocess
 
 PICKSCORE_HUB = "yuvalkirstain/PickScore_v1"

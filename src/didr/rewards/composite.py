@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from didr.errors import ConfigError
 from didr.rewards.base import Reward, call_reward, is_differentiable, reward_info, reward_name
+from didr.rewards.registry import load_reward
 
 
 class CompositeReward(Reward):
@@ -127,8 +128,7 @@ def composite_from_config(config: Any, loader: Callable | None = None, **load_kw
     Each entry is a reward spec string, a callable, or ``{reward: SPEC, weight: W}``; ``loader``
     turns specs into rewards (default :func:`didr.rewards.registry.load_reward`, given ``load_kwargs``).
     """
-    if loader is None:
-        from didr.rewards.registry import load_reward as loader
+    loader = loader or load_reward
     if isinstance(config, (list, tuple)):
         config = {"rewards": list(config)}
     if not isinstance(config, dict) or "rewards" not in config:

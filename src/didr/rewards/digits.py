@@ -161,21 +161,23 @@ class DigitReward(FrozenReward):
         return preference + self.prompt_weight * prompt_logp if self.prompt_weight else preference
 
 
-def train_classifier(net: DigitCNN, x: Tensor, y: Tensor, *, steps: int, batch: int = 128, lr: float = 2e-3, seed: int = 0) -> DigitCNN:
-    """Cross-entropy with small random shifts (one pixel in 8, so the classifier does not rely on
-    exact positions); Adam with a cosine decay."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    net.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (batch,), generator=gen)
-        loss = F.cross_entropy(net(_shift(x[idx], gen)), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return net.eval()
+class ClassificationBatches:
+    """Cross-entropy batches for a digit classifier, with small random shifts (one pixel in 8, so
+    the classifier does not rely on exact positions), drawn from ``seed``; a pre-training task
+    (:func:`didr.train.pretrain.pretrain`)."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch: int = 128, seed: int = 0):
+        self.x, self.y, self.batch, self.seed = x, y, batch, seed
+        self.gen: torch.Generator | None = None
+
+    def advance(self) -> None:
+        if self.gen is None:
+            self.gen = torch.Generator().manual_seed(self.seed)
+        idx = torch.randint(0, len(self.x), (self.batch,), generator=self.gen)
+        self.images, self.labels = _shift(self.x[idx], self.gen), self.y[idx]
+
+    def loss(self, model: nn.Module, shard: int) -> Tensor:
+        return F.cross_entropy(model(self.images), self.labels)
 
 
 def _shift(x: Tensor, gen: torch.Generator) -> Tensor:
@@ -190,19 +192,21 @@ def bradley_terry_loss(r_a: Tensor, r_b: Tensor, a_preferred: Tensor) -> Tensor:
     return -F.logsigmoid(margin).mean()
 
 
-def train_preference(net: DigitCNN, x: Tensor, gold: Tensor, *, steps: int, batch: int = 128, tau: float = 0.05, lr: float = 2e-3, seed: int = 0) -> DigitCNN:
-    """Fit a Bradley-Terry model to pairwise choices between real images. The annotator prefers
-    image a over b with probability sigma((g_a - g_b) / (tau * std(g))): noisy, like human choices,
-    and only ever shown real images."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    scale = tau * float(gold.std().clamp_min(1e-8))
-    net.requires_grad_(True).train()
-    for _ in range(steps):
-        a, b = torch.randint(0, len(x), (2, batch), generator=gen)
-        choice = torch.rand(batch, generator=gen) < torch.sigmoid((gold[a] - gold[b]) / scale)
-        loss = bradley_terry_loss(net(x[a]).squeeze(1), net(x[b]).squeeze(1), choice)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return net.eval().requires_grad_(False)
+class PreferenceBatches:
+    """Bradley-Terry batches: pairs of real images and a noisy annotator's choice between them. The
+    annotator prefers image a over b with probability sigma((g_a - g_b) / (tau * std(g))), like
+    human choices, and is only ever shown real images. A pre-training task."""
+
+    def __init__(self, x: Tensor, gold: Tensor, batch: int = 128, tau: float = 0.05, seed: int = 0):
+        self.x, self.gold, self.batch, self.seed = x, gold, batch, seed
+        self.scale = tau * float(gold.std().clamp_min(1e-8))
+        self.gen: torch.Generator | None = None
+
+    def advance(self) -> None:
+        if self.gen is None:
+            self.gen = torch.Generator().manual_seed(self.seed)
+        self.a, self.b = torch.randint(0, len(self.x), (2, self.batch), generator=self.gen)
+        self.choice = torch.rand(self.batch, generator=self.gen) < torch.sigmoid((self.gold[self.a] - self.gold[self.b]) / self.scale)
+
+    def loss(self, model: nn.Module, shard: int) -> Tensor:
+        return bradley_terry_loss(model(self.x[self.a]).squeeze(1), model(self.x[self.b]).squeeze(1), self.choice)

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from didr.errors import ModelLoadError
+from didr.hub import empty_model, freeze, from_pretrained, has_files, load_state_dict, load_strict, resolve_file
 from didr.rewards.clip import CLIP_H_PROCESSOR_HUB, TOKENIZER_FILES, CLIPSimilarityReward
-from didr.rewards.loading import empty_model, freeze, from_pretrained, has_files, load_state_dict, load_strict, resolve_file
 from didr.rewards.preprocess import LetterboxPreprocess
 from didr.rewards.text_cleaning import open_clip_clean
 

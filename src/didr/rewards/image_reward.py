@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from didr.errors import ModelLoadError
+from didr.hub import empty_model, freeze, from_pretrained, has_files, load_state_dict, load_strict, resolve_file
 from didr.rewards.base import FrozenReward, prompt_list
 from didr.rewards.heads import MLPHead
-from didr.rewards.loading import empty_model, freeze, from_pretrained, has_files, load_state_dict, load_strict, resolve_file
 from didr.rewards.preprocess import ImagePreprocess, torchvision_clip_preprocess
 
 IMAGE_REWARD_HUB = "THUDM/ImageReward"

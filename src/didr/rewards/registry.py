@@ -41,17 +41,15 @@ from typing import Any, Callable
 import torch
 
 from didr.errors import ConfigError
+from didr.rewards.clip import load_aesthetic, load_clipscore, load_pickscore
+from didr.rewards.hps import load_hpsv2
+from didr.rewards.image_reward import load_image_reward
 from didr.rewards.toy import parse_toy_reward
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _loaders() -> dict[str, Callable]:
-    # imported here so that `import didr.rewards` does not import transformers
-    from didr.rewards.clip import load_aesthetic, load_clipscore, load_pickscore
-    from didr.rewards.hps import load_hpsv2
-    from didr.rewards.image_reward import load_image_reward
-
     return {
         "pickscore": load_pickscore,
         "hpsv2": load_hpsv2,

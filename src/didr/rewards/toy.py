@@ -1,4 +1,4 @@
-"""Smooth rewards on points, for the toy experiments (method.md §5).
+"""Smooth rewards on points, for the toy experiments (docs/method.md §5).
 
 Every toy reward varies along one direction only: r(x) = f(w . x) (a "ridge"). ``w`` is either a
 full direction (``linear:1,0,0.5``) or a slope along one axis (``linear:2`` is w = 2 e_0 in any
@@ -62,6 +62,8 @@ class SigmoidReward(RidgeReward):
 
 class LinearReward(RidgeReward):
     """r(x) = w . x: tilting N(mu, sigma^2 I) by exp(r / beta) shifts its mean by sigma^2 w / beta (M14)."""
+
+    is_linear = True  # the exact optimum is then in closed form (didr.diffusion.optimum)
 
     def __init__(self, slope: float = 1.0, axis: int = 0, direction: list[float] | None = None):
         super().__init__(slope, axis, direction)

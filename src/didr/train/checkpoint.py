@@ -18,7 +18,6 @@ before it is used. ``.pt`` files are read with ``torch.load(weights_only=True)``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -34,6 +33,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from didr.errors import CheckpointError
+from didr.files import atomic_save_tensors, atomic_write_text, fsync_dir, fsync_file, plain_tensors, sha256_file
+from didr.train.config import RESUMABLE_CHANGES
 
 FORMAT = 1
 STATE = "state.json"
@@ -51,68 +52,6 @@ def optim_shard_file(rank: int) -> str:
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-# --- files -------------------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def plain_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """CPU, contiguous, unshared copies: what safetensors accepts."""
-    out, seen = {}, set()
-    for k, v in state.items():
-        v = v.detach().cpu().contiguous()
-        if v.data_ptr() in seen and v.numel() > 0:
-            v = v.clone()  # tied weights: safetensors refuses shared storage
-        seen.add(v.data_ptr())
-        out[k] = v
-    return out
-
-
-def atomic_save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors written to a temporary file, fsynced, then renamed over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(plain_tensors(tensors), str(tmp), metadata=metadata)
-    fsync_file(tmp)
-    tmp.replace(path)
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fsync_dir(path.parent)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- RNG ---------------------------------------------------------------------------------------
@@ -186,7 +125,7 @@ def write_main(tmp: Path, models: dict[str, Tensor], optim: dict[str, Any] | Non
 def commit(tmp: Path, root: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Record every file's size and hash in state.json, rename the directory into place, and
     keep only the last ``keep`` checkpoints."""
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+    files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
     state = {"format": FORMAT, "step": step, **state, "files": files}
     with open(tmp / STATE, "w") as f:
         json.dump(state, f, indent=1)
@@ -249,7 +188,7 @@ def read_state(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: {name} is missing")
         if f.stat().st_size != info["size"]:
             raise CheckpointError(f"{path}: {name} is truncated ({f.stat().st_size} of {info['size']} bytes)")
-        if _sha256(f) != info["sha256"]:
+        if sha256_file(f) != info["sha256"]:
             raise CheckpointError(f"{path}: {name} is corrupt (sha256 mismatch)")
     for name in (MODELS, OPTIM if OPTIM in state["files"] else optim_shard_file(0)):
         if name not in state["files"]:
@@ -291,6 +230,26 @@ def load_latest(root: Path, rank: int = 0) -> Checkpoint | None:
         except CheckpointError as err:
             warnings.warn(f"skipping checkpoint: {err}", stacklevel=2)
     return None
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"train": {"steps": 1}} -> {"train.steps": 1}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_resumable(saved: dict, current: dict, where: Path | str) -> None:
+    """Refuse to resume under another configuration (another backbone, another method, another
+    loop): of the run's settings, only the train section's RESUMABLE_CHANGES may change."""
+    allowed = {f"train.{f}" for f in RESUMABLE_CHANGES}
+    old, new = flatten(saved), flatten(current)
+    for key in sorted(set(old) | set(new)):
+        if key not in allowed and old.get(key) != new.get(key):
+            raise CheckpointError(f"cannot resume from {where}: {key} changed ({old.get(key)!r} -> {new.get(key)!r}); "
+                                  f"only {', '.join(sorted(allowed))} may change")
 
 
 def require_usable(root: Path) -> None:

@@ -25,12 +25,6 @@ from torch import Tensor, nn
 
 from didr.errors import ConfigError
 
-
-def is_main_process() -> bool:
-    """The main process of a torchrun / accelerate launch (the only one that writes files)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 #: what ``accelerate launch --config_file`` sets for each sharded distributed type
 SHARDED_LAUNCHES = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED"}
 

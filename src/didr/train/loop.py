@@ -21,7 +21,6 @@ Around that core the :class:`Trainer` adds what long runs need, so every experim
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -44,9 +43,21 @@ from didr.objectives.methods import Objective
 from didr.progress import Progress
 from didr.rewards.base import NonFiniteRewardError
 from didr.train import checkpoint as ckpt
-from didr.train.config import RESUMABLE_CHANGES, TrainConfig
-from didr.train.distributed import (Prepared, any_rank, check_prepare, clip_grad_norm, describe, make_accelerator, reduce_logs, same_on_all_ranks, seed_all,
-                                    shards_optimizer, to_device)
+from didr.train.config import TrainConfig
+from didr.train.distributed import (
+    Prepared,
+    any_rank,
+    check_prepare,
+    clip_grad_norm,
+    describe,
+    make_accelerator,
+    reduce_logs,
+    same_on_all_ranks,
+    seed_all,
+    shards_optimizer,
+    to_device,
+)
+from didr.train.ema import EMA
 
 
 @dataclass
@@ -58,26 +69,6 @@ class Alignment:
     ta: nn.Module | None
     objective: Objective
     sample_inputs: Callable[[int], tuple[Tensor, Any]]
-
-
-class EMA:
-    """Exponential moving average of a module's floating-point parameters and buffers."""
-
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay = decay
-        frozen = {id(p): p for p in module.parameters() if not p.requires_grad}  # shared, not copied (a LoRA's base)
-        self.module = copy.deepcopy(module, frozen).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, module: nn.Module, decay: float | None = None) -> None:
-        d = self.decay if decay is None else decay
-        for ema_p, p in zip(self.module.state_dict().values(), module.state_dict().values()):
-            if ema_p.data_ptr() == p.data_ptr():  # a frozen tensor both share
-                continue
-            if ema_p.dtype.is_floating_point:
-                ema_p.lerp_(p.detach(), 1 - d)
-            else:
-                ema_p.copy_(p)
 
 
 class TrainingError(DidrError):
@@ -423,7 +414,7 @@ class Trainer:
             ckpt.require_usable(self.checkpoint_dir)  # some exist, none loads: refuse rather than start over
             self.log_line(f"resume: no checkpoint under {self.checkpoint_dir} yet; starting from step 0")
             return
-        check_resumable(found.state.get("config", {}).get("train", {}), dataclasses.asdict(self.cfg), found.path)
+        ckpt.check_resumable({"train": found.state.get("config", {}).get("train", {})}, {"train": dataclasses.asdict(self.cfg)}, found.path)
         saved_world = found.state.get("world_size", self.world)
         if shards_optimizer(self.acc) and saved_world != self.world:
             raise CheckpointError(f"cannot resume from {found.path}: its optimiser is sharded over {saved_world} processes; launch {saved_world}, not {self.world}")
@@ -532,17 +523,6 @@ class Trainer:
     def _latest(self) -> Path | None:
         root = self.checkpoint_dir
         return root / ckpt.checkpoint_name(self.step_count) if root is not None else None
-
-
-def check_resumable(saved: dict[str, Any], current: dict[str, Any], where: Path | str) -> None:
-    """Refuse a resume whose train settings differ beyond what may change (RESUMABLE_CHANGES)."""
-    changed = [k for k in sorted(set(saved) | set(current)) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
-    if changed:
-        k = changed[0]
-        raise CheckpointError(
-            f"cannot resume from {where}: train.{k} changed ({saved.get(k)!r} -> {current.get(k)!r}); "
-            f"only {', '.join('train.' + f for f in RESUMABLE_CHANGES)} may change"
-        )
 
 
 class _StopSignals:

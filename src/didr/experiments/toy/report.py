@@ -1,0 +1,98 @@
+"""The toy's reports: one seed's table of every method against the exact optimum (``report.md``),
+and the frontiers' tables and comparisons at equal reward (``frontier.md``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from didr.eval.frontier import Point, points_table
+from didr.eval.report import Provenance, markdown_table, render
+
+#: the single-seed table's columns: metric key, header
+FIGURES = [
+    ("mean_reward", "mean r"),
+    ("frac_positive", "frac past boundary"),
+    ("off_data_median", "off-data median (stds)"),
+    ("w1_to_pstar", "W1 to p*(beta)"),
+    ("beta_equal", "beta' (equal reward)"),
+    ("w1_equal", "W1 to p*(beta')"),
+    ("mode_tv_equal", "mode TV to p*(beta')"),
+    ("off_data_equal", "off-data excess"),
+]
+ROWS = ["pstar", "q0", "reference_teacher", "initial_generator"]
+METRICS = ["w1", "mode_tv", "off_data"]
+METRIC_NAMES = {
+    "w1": "W1 (sliced in d > 1) to p* of equal reward",
+    "mode_tv": "mode weights: TV to p* of equal reward",
+    "off_data": "|off-data median - p*'s| (stds), p* of equal reward",
+}
+
+
+def _cell(v: float) -> str:
+    return "inf" if v == float("inf") else f"{v:.4g}"
+
+
+def render_report(report: dict) -> str:
+    """``report.md`` of ``didr toy``: one seed, every method and the reference rows."""
+    res, cfg = report["results"], report["config"]
+    exact = res["pstar"]["exact"]
+    setup = (f"Reward `{cfg['toy']['reward']}`, beta {cfg['method']['beta']:g}, reference `{cfg['toy']['reference']}`, "
+             f"schedule `{cfg['toy']['schedule']}`, {cfg['train']['steps']} generator steps x {cfg['train']['ta_updates']} TA updates, "
+             f"batch {cfg['train']['batch_size']}, seed {cfg['train']['seed']} (one seed: no intervals; `didr toy --frontier` gives them).")
+    optimum = (f"Exact optimum p* ({report['exact_method']}): mean reward {exact['mean_reward']:.4f}.\n"
+               "The pstar row uses exact samples: its distances are the sampling floor. beta' is the temperature whose exact optimum "
+               "has the row's mean reward; the last three columns are distances to that optimum (docs/method.md §7).")
+    rows = [[name, *(_cell(res[name][k]) for k, _ in FIGURES), res[name].get("train_seconds", "")] for name in [*ROWS, *report["methods"]]]
+    table = markdown_table(["row", *(h for _, h in FIGURES), "seconds"], rows)
+    prov = Provenance(**report["provenance"]) if report.get("provenance") else None
+    return render("Toy experiment", prov, [setup, optimum, table, "![samples](densities.png)"])
+
+
+def case_text(config: dict) -> str:
+    """The data and the reward, in words."""
+    toy = config["toy"]
+    if toy["ring"]:
+        data = f"ring of {toy['ring']} modes, std {toy['ring_std']:g}"
+    else:
+        means = toy["means"]
+        dim = len(means[0]) if isinstance(means[0], list) else 1
+        data = f"{len(means)} modes in {dim}-D, stds {min(toy['stds']):g}-{max(toy['stds']):g}" if len(set(toy["stds"])) > 1 \
+            else f"{len(means)} modes in {dim}-D, std {toy['stds'][0]:g}"
+    return f"{data}; reward {toy['reward']}"
+
+
+def render_frontier(report: dict, points: list[Point]) -> str:
+    """``frontier.md``: the setup, the floors, every point and every comparison at equal reward."""
+    cfg, floor, exact = report["config"], report["floor"], report["exact"]
+    seeds = report["seeds"]
+    gaps = [i - e for i, e in zip(floor["initial_off_data_median"], floor["exact_off_data_median"])]
+    floor_line = (
+        f"Generator floor: the initial (distilled) generator's median off-data distance is "
+        f"{', '.join(f'{v:.2f}' for v in floor['initial_off_data_median'])} stds over the seeds, against "
+        f"{np.mean(floor['exact_off_data_median']):.2f} for exact samples of q0 (excess {max(gaps):+.2f}; criterion: within {floor['criterion_stds']:g})."
+    )
+    if not floor["met"]:
+        floor_line += " **Criterion not met: every figure below includes this floor.**"
+    samp = floor["sampling"]
+    setup = (f"Case: {case_text(cfg)}; {len(seeds)} seeds ({', '.join(map(str, seeds))}); {cfg['train']['steps']} generator steps x "
+             f"{cfg['train']['ta_updates']} TA updates, batch {cfg['train']['batch_size']}, EMA {cfg['train']['ema_decay']:g}; "
+             f"{cfg['toy']['eval_samples']} samples per run.\n"
+             f"Exact optimum ({exact['method']}): at beta {exact['beta']:g} its mean reward is {exact['mean_reward']:.4g} "
+             f"(q0: {exact['q0_mean_reward']:.4g}).")
+    timing = (f"This invocation: {report.get('seconds', 0):.0f} s wall (stages {report.get('stage_seconds', 0):.0f} s; "
+              f"{report.get('runs_trained', 0)} runs trained, the rest cached). The {len(report['points']) * len(seeds)} runs took "
+              f"{report['run_seconds']:.0f} s of compute in all, one process each, when they ran.")
+    floors = (f"{floor_line}\nSampling floor (exact samples of p*, {cfg['toy']['eval_samples']} of them): W1 {samp['w1']:.3g}, "
+              f"mode TV {samp['mode_tv']:.3g}, off-data {samp['off_data']:.3g}.")
+    metrics = ("Each run's error is measured against the exact optimum p*_beta' with the run's own mean reward "
+               "(beta' fitted per run); the optimum scores 0. w1: W1 (sliced over 64 directions in d > 1); mode_tv: total "
+               "variation between the fractions of samples nearest each mode and p*'s mode weights; off_data: |median distance "
+               "to the nearest mode - exact samples'|, in mode stds (signed in frontier.json: above 0, the samples leave the data). "
+               "Mean ± 95% t-interval over seeds.")
+    comparisons = "\n".join(["## Comparisons at equal reward (paired by seed)", "",
+                             "error(a) - error(b) along the reward range both frontiers reach, for every seed; negative: a is closer to the optimum.",
+                             "", *(f"- {c['summary']}" for c in report["comparisons"])])
+    prov = Provenance(**report["provenance"]) if report.get("provenance") else None
+    return render("Toy frontiers: reward against error at equal reward", prov,
+                  [setup, timing, floors, metrics, "\n".join(points_table(points, METRICS)), comparisons,
+                   "![frontier](frontier.png)\n\n![samples](samples.png)"])

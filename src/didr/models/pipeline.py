@@ -1,0 +1,225 @@
+"""Loading a diffusers text-to-image pipeline for training: the ``backbone`` config section, the
+reference's network, VAE, scheduler and text encoders, the generator's network, and the start-up
+checks that refuse a mismatched backbone before any file is written or any step is taken.
+
+What differs between backbone families (folder layout, text encoders, conventions) comes from
+:mod:`didr.models.backbones`; weights are referenced by a local path or a hub id
+(:mod:`didr.hub`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from didr.config import require
+from didr.errors import ConfigError, ModelLoadError
+from didr.hub import is_local, load_state_dict, load_strict
+from didr.models.backbones import AUTOCAST_DTYPES, BACKBONES, Backbone, backbone
+from didr.models.generators import RENOISE
+from didr.models.lora import DEFAULT_TARGETS, adapter_rank, add_lora, load_lora
+from didr.models.text import PromptSet, encode_cached, load_prompts
+from didr.runtime import DTYPES
+
+
+@dataclass
+class BackboneConfig:
+    """The ``backbone`` section: which diffusers models, prompts and reward, and how to fit them in memory."""
+
+    kind: str = "sdxl"  # sdxl | sd | zimage (didr.models.backbones)
+    pretrained: str = ""  # reference pipeline: a diffusers folder or hub id (unet|transformer, vae, text encoders, scheduler)
+    tiny: bool = False  # build a tiny random pipeline (and tiny CLIP reward) under OUT/tiny and load it from there
+    generator: str | None = None  # generator network: diffusers folder/hub id (e.g. Z-Image-Turbo), None = the reference's
+    generator_subfolder: str | None = None  # default: "unet" or "transformer" when `generator` is a pipeline folder
+    generator_weights: str | None = None  # a state-dict file loaded into the generator (DMD2's dmd2_sdxl_1step_unet_fp16.bin)
+    generator_t: float = 1.0  # first generator time in (0, 1]; DMD2's timestep 399 is t = (399 + 1) / 1000 = 0.4
+    generator_steps: int = 1  # 1 = one-step; 4 = the paper's 4-step Z-Image (trained by DMD2's backward simulation)
+    generator_renoise: str = "ddim"  # between steps: ddim (deterministic; ZImagePipeline's Euler) | fresh (new noise: DMD2, LCMScheduler)
+    generator_times: list[float] = field(default_factory=list)  # explicit decreasing times (overrides t / steps)
+    prompts: str = ""  # .txt (one per line) or .jsonl (prompt / caption / text field)
+    prompt_list: list[str] = field(default_factory=list)  # inline prompts, used when `prompts` is empty
+    negative_prompt: str = ""
+    cfg_scale: float | None = None  # reference CFG scale w of (M4); None = the backbone's default
+    reward: str = "pickscore"  # a reward spec (didr.rewards.registry); "tiny-clip" = a tiny random PickScore-style CLIP
+    resolution: int = 1024  # image side in pixels
+    max_sequence_length: int = 512  # Z-Image's text length
+    generator_lora_rank: int = 0  # 0 = full fine-tuning
+    generator_lora: str | None = None  # LoRA weights that start the generator (DMD2's released SDXL LoRA); rank from the file
+    share_base: bool = True  # a LoRA generator over the reference itself holds no copy: one frozen base, an adapter per role
+    ta_lora_rank: int = 0  # 0 = the TA is a full copy of the reference; > 0 = a LoRA on the shared frozen reference
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    dtype: str = "float32"  # storage of the frozen weights (reference, VAE, text encoders): float32 | bfloat16 | float16
+    autocast: str = "none"  # none | bf16 | fp16, around every network call
+    gradient_checkpointing: bool = False  # in the backbones (and between generator steps)
+    decode_micro_batch: int = 0  # VAE decode this many latents at a time, 0 = all
+    decode_checkpoint: bool = False  # recompute the VAE decoder in the backward pass
+    decode_downscale: float = 1.0  # decode latents shrunk by this factor (bounds the reward's memory)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    cache_dir: str | None = None  # text-embedding cache, default OUT/text_cache
+    export_lora: bool = True  # also save the generator's LoRA weights (when it has them)
+
+    def validate(self, path: str = "backbone") -> None:
+        require(self.kind in BACKBONES, f"{path}.kind", f"must be one of {', '.join(BACKBONES)}, got {self.kind!r}")
+        require(0 < self.generator_t <= 1, f"{path}.generator_t", f"must be in (0, 1], got {self.generator_t}")
+        require(self.generator_steps >= 1, f"{path}.generator_steps", f"must be >= 1, got {self.generator_steps}")
+        require(self.generator_renoise in RENOISE, f"{path}.generator_renoise", f"must be one of {', '.join(RENOISE)}, got {self.generator_renoise!r}")
+        times = self.generator_times
+        require(all(0 < t <= 1 for t in times) and all(a > b for a, b in zip(times, times[1:])), f"{path}.generator_times",
+                f"must be decreasing and in (0, 1], got {times}")
+        require(self.resolution >= 8, f"{path}.resolution", f"must be >= 8, got {self.resolution}")
+        for name in ("generator_lora_rank", "ta_lora_rank", "decode_micro_batch"):
+            require(getattr(self, name) >= 0, f"{path}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        require(self.dtype in DTYPES, f"{path}.dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        require(self.autocast in AUTOCAST_DTYPES, f"{path}.autocast", f"must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
+        require(self.decode_downscale >= 1, f"{path}.decode_downscale", f"must be >= 1, got {self.decode_downscale}")
+        require(self.cfg_scale is None or self.cfg_scale >= 0, f"{path}.cfg_scale", f"must be >= 0, got {self.cfg_scale}")
+
+    @property
+    def backbone(self) -> Backbone:
+        return backbone(self.kind)
+
+    @property
+    def shares_reference(self) -> bool:
+        """Whether the generator is an adapter over the reference network itself (DI-style start, or a released LoRA)."""
+        lora = self.generator_lora_rank > 0 or bool(self.generator_lora)
+        return self.share_base and lora and not self.generator and not self.generator_weights
+
+    @property
+    def network(self) -> str:
+        return self.backbone.network
+
+    @property
+    def guidance(self) -> float:
+        return self.backbone.cfg_scale if self.cfg_scale is None else self.cfg_scale
+
+
+# ---------------------------------------------------------------- loading
+
+def load_component(cls: Any, source: str, subfolder: str | None, what: str, **kwargs) -> Any:
+    """``cls.from_pretrained(source, subfolder=...)`` with errors that name what was expected."""
+    where = f"{source}/{subfolder}" if subfolder else source
+    if not source:
+        raise ModelLoadError(f"{what}: no path or hub id given (expected a diffusers folder holding {subfolder or 'the model'})")
+    if is_local(source) and not Path(where).expanduser().is_dir():
+        raise ModelLoadError(f"{what}: {where} does not exist (expected a diffusers {subfolder or 'model'} folder)")
+    try:
+        return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelLoadError(f"{what}: cannot load {cls.__name__} from {where!r} ({first})") from err
+
+
+class AnyScheduler:
+    """Loads whichever diffusers scheduler class the folder's config names."""
+
+    @classmethod
+    def from_pretrained(cls, source, subfolder=None, **kwargs):
+        import diffusers
+
+        config = diffusers.DDPMScheduler.load_config(source, subfolder=subfolder)
+        return getattr(diffusers, config["_class_name"]).from_config(config)
+
+
+@dataclass
+class Pipeline:
+    """The frozen parts of the reference pipeline, and the text encoder."""
+
+    net: nn.Module
+    vae: nn.Module
+    scheduler: Any
+    encoder: Any
+    encoder_id: str
+
+
+def load_text_encoder(cfg: BackboneConfig, device: torch.device, dtype: torch.dtype):
+    """The backbone's text encoder(s) and tokenizer(s) from the reference pipeline's folder."""
+
+    def load(cls, sub):
+        return load_component(cls, cfg.pretrained, sub, f"backbone.pretrained ({sub})", **({} if "token" in sub else {"dtype": dtype}))
+
+    return cfg.backbone.text_encoder(load, cfg, device, dtype)
+
+
+def load_pipeline(cfg: BackboneConfig, device: torch.device) -> Pipeline:
+    from diffusers import AutoencoderKL
+
+    dtype, src, bb = DTYPES[cfg.dtype], cfg.pretrained, cfg.backbone
+    net = load_component(bb.network_cls(), src, bb.network, f"backbone.pretrained ({cfg.kind} {bb.network})", torch_dtype=dtype)
+    vae = load_component(AutoencoderKL, src, "vae", "backbone.pretrained (vae)", torch_dtype=dtype)
+    scheduler = load_component(AnyScheduler, src, "scheduler", "backbone.pretrained (scheduler)")
+    encoder = load_text_encoder(cfg, device, dtype)
+    for m in (net, vae):
+        m.requires_grad_(False).eval().to(device)
+    return Pipeline(net, vae, scheduler, encoder, f"{cfg.kind}:{src}")
+
+
+def load_generator_net(cfg: BackboneConfig, reference_net: nn.Module, device: torch.device) -> nn.Module:
+    """The generator's network: a distilled folder / hub id, else a copy of the reference; then a state-dict file if given."""
+    # a LoRA generator keeps its frozen base in the storage dtype; full fine-tuning trains fp32 weights
+    dtype = DTYPES[cfg.dtype] if cfg.generator_lora_rank or cfg.generator_lora else torch.float32
+    bb = cfg.backbone
+    if cfg.generator:
+        sub = cfg.generator_subfolder
+        if sub is None and Path(cfg.generator, bb.network).is_dir():
+            sub = bb.network
+        net = load_component(bb.network_cls(), cfg.generator, sub, f"backbone.generator ({cfg.kind} {bb.network})", torch_dtype=dtype)
+    else:
+        net = copy.deepcopy(reference_net).to(dtype)
+    if cfg.generator_weights:
+        path = Path(cfg.generator_weights).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"backbone.generator_weights: {path} does not exist (expected a state-dict file, e.g. dmd2_sdxl_1step_unet_fp16.bin)")
+        state = {k: v.to(dtype) for k, v in load_state_dict(path, "backbone.generator_weights").items()}
+        load_strict(net, state, "backbone.generator_weights", path)
+    return net.requires_grad_(True).to(device).train()
+
+
+def add_generator_adapter(cfg: BackboneConfig, net: nn.Module) -> None:
+    """The generator's LoRA adapter: loaded from ``generator_lora`` (its rank from the file), or a
+    fresh one of rank ``generator_lora_rank``; none for full fine-tuning."""
+    if cfg.generator_lora:
+        load_lora(net, cfg.backbone, cfg.generator_lora, "generator")
+        rank = adapter_rank(net, "generator")
+        if cfg.generator_lora_rank and cfg.generator_lora_rank != rank:
+            raise ConfigError(f"backbone.generator_lora_rank: {cfg.generator_lora_rank}, but {cfg.generator_lora} has rank {rank} (leave it 0)")
+    elif cfg.generator_lora_rank:
+        add_lora(net, cfg.generator_lora_rank, "generator", cfg.lora_targets)
+
+
+# ---------------------------------------------------------------- start-up checks
+
+def check_compatible(cfg: BackboneConfig, pipe: Pipeline, gen_net: nn.Module, rows: list[dict]) -> None:
+    """Backbone / config mismatches, caught before any training step: latent channels, and the
+    family's own text conditioning (SDXL's text_time conditions, text-embedding widths)."""
+    latent = pipe.vae.config.latent_channels
+    for name, net in (("reference", pipe.net), ("generator", gen_net)):
+        c = net.config
+        if c.in_channels != latent:
+            raise ConfigError(f"backbone: the {name} {cfg.network} takes {c.in_channels} latent channels but the VAE makes {latent}")
+        cfg.backbone.check(cfg, name, c, rows[0])
+
+
+def latent_shape(cfg: BackboneConfig, pipe: Pipeline) -> tuple[int, int, int]:
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    multiple = factor * cfg.backbone.latent_multiple
+    if cfg.resolution % multiple:
+        raise ConfigError(f"backbone.resolution: must be a multiple of {multiple} for this VAE, got {cfg.resolution}")
+    side = cfg.resolution // factor
+    return (pipe.vae.config.latent_channels, side, side)
+
+
+def build_prompts(cfg: BackboneConfig, pipe: Pipeline, cache_dir: Path) -> PromptSet:
+    """The run's prompts, encoded once (cached under ``cache_dir``), with the null prompt for CFG."""
+    prompts = load_prompts(cfg.prompts) if cfg.prompts else list(cfg.prompt_list)
+    if not prompts:
+        raise ConfigError("backbone.prompts: give a prompt file (.txt or .jsonl) or backbone.prompt_list")
+    rows = encode_cached(pipe.encoder, pipe.encoder_id, prompts, cache_dir)
+    null = encode_cached(pipe.encoder, pipe.encoder_id, [cfg.negative_prompt], cache_dir)[0]
+    if cfg.backbone.zero_null_prompt and not cfg.negative_prompt:
+        null = {k: torch.zeros_like(v) for k, v in null.items()}
+    return PromptSet(prompts, rows, null, cfg.backbone.shared_cond(cfg))

@@ -1,0 +1,73 @@
+"""Where and how a process runs: which process writes, the machine it runs on, devices, dtypes and
+process pools.
+
+Every recorded result names its machine through :func:`machine`, so that figures from different
+hosts are never compared unknowingly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from didr.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype_named(name: str, field: str) -> torch.dtype:
+    """The torch dtype called ``name``; ``field`` names the setting in the error."""
+    if name not in DTYPES:
+        raise ConfigError(f"{field}: must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def is_main_process() -> bool:
+    """The main process of a torchrun / accelerate launch (the only one that writes files)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux), else its architecture."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """One line naming the host: OS, processor, cores, GPU, python, torch and its thread count."""
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} CPUs{gpu}, python {platform.python_version()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)")
+
+
+def load_average() -> float:
+    """The 5-minute load average: how busy the shared cores were."""
+    return round(os.getloadavg()[1], 2) if hasattr(os, "getloadavg") else float("nan")
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d")
+
+
+def process_pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
+    """``workers`` spawned processes (spawn: no fork of a process that holds torch threads)."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=initializer, initargs=initargs)
