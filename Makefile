@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= runs/toy
 
-.PHONY: setup demo test test-all
+.PHONY: setup demo lint test test-all
 
 $(BIN)/didr: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,8 +19,12 @@ setup: $(BIN)/didr
 demo: setup  ## the main job: the toy experiment on its default (fast preset, all methods)
 	$(BIN)/didr toy --out $(OUT)
 
-test: setup  ## the fast suite (slow tests excluded)
+lint: setup  ## the linter and the layers contract (pyproject.toml)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/lint-imports --no-cache
+
+test: lint  ## the linter, the layers contract, then the fast suite (slow tests excluded)
 	$(BIN)/python -m pytest -q
 
-test-all: setup  ## everything, slow tests included
+test-all: lint  ## everything, slow tests included
 	$(BIN)/python -m pytest -q -m ''

@@ -22,9 +22,7 @@ benchmarks/results/drs_error.md (tables, command, machine, date) and benchmarks/
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import shlex
 import sys
 import time
@@ -34,6 +32,7 @@ import torch
 
 from didr.diffusion.mixture import GaussianMixture, MixtureDenoiser
 from didr.diffusion.schedules import VPCosineSchedule
+from didr.eval.report import Provenance
 from didr.objectives.drs import DRPEstimator, ExactMixtureDRS, HybridDRS, MonteCarloDRS
 from didr.rewards.toy import parse_toy_reward
 
@@ -114,10 +113,8 @@ def markdown(args, rmse, mean_err, exact_mean, per_xt_ms, command):
     mean_rows = "".join(f"| {t:.2f} | {exact_mean[i]:.3g} | " + " | ".join(f"{mean_err[n][i]:.3g}" for n in names)
                         + " |\n" for i, t in enumerate(args.times))
     timing = "| estimator | ms per x_t |\n|---|---|\n" + "".join(f"| {n} | {per_xt_ms[n]:.3g} |\n" for n in names)
-    machine = (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-               f"python {platform.python_version()}, torch {torch.__version__}, "
-               f"torch.get_num_threads() = {torch.get_num_threads()}, load average at the end "
-               f"{os.getloadavg()[0]:.1f} (shared machine: the cost table is indicative only)")
+    provenance = "\n".join(Provenance.here(command, f"load average at the end {os.getloadavg()[0]:.1f} "
+                                                     "(shared machine: the cost table is indicative only)").lines())
     return f"""# DRS estimator error against the exact DRS
 
 Reference: 1-D Gaussian mixture, means {args.means}, stds {args.stds}, weights {args.weights}, exact
@@ -126,9 +123,7 @@ schedule. {args.n_xt} x_t per noise level, drawn from the noised reference margi
 ExactMixtureDRS (M9, Gauss-Hermite quadrature per posterior component). Monte-Carlo draws its
 posterior samples with the ancestral sampler, 10 steps (the library default) unless stated.
 
-Command: `{command}`
-Machine: {machine}
-Date: {datetime.date.today().isoformat()}
+{provenance}
 
 ## Relative RMSE, ||est - exact|| / ||exact|| over x_t
 

@@ -18,16 +18,16 @@ Writes benchmarks/results/fewstep_toy.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from didr.experiments.fewstep_toy import Regime, initial_two_step, score_two_step, train_two_step
-from didr.experiments.toy import ToyConfig, prepare_stages
+from didr.eval.report import Provenance
+from didr.experiments.config import ToyConfig
+from didr.experiments.toy.fewstep import Regime, initial_two_step, score_two_step, train_two_step
+from didr.experiments.toy.stages import prepare_stages
 
 REGIMES = {
     "short": Regime("150 steps, batch 128, 2 TA updates, DI on t <= 0.4 (the test's setting)", 0.4, 150, 128, 2),
@@ -70,9 +70,8 @@ def main() -> None:
     header = "| regime | renoise | second step trained on | seeds | W1 to q0 (mean ± s.e.) | W1 per seed | mass past 0 per seed | collapsed | W1 before training |\n"
     lines = [
         "# A 2-step generator on the toy: backward simulation against forward-noised data\n\n",
-        f"Command: `python benchmarks/fewstep_toy.py --regimes {args.regimes} --renoise {args.renoise} --seeds {args.seeds} --threads {args.threads}`  \n",
-        f"Machine: {platform.machine()}, 2 shared CPU cores, {args.threads} torch thread(s), torch {torch.__version__}, "
-        f"{datetime.date.today().isoformat()}; other work shared the machine. Wall time {wall:.0f} s.\n\n",
+        "\n".join(Provenance.here(f"python benchmarks/fewstep_toy.py --regimes {args.regimes} --renoise {args.renoise} --seeds {args.seeds} "
+                                  f"--threads {args.threads}", f"other work shared the machine; wall time {wall:.0f} s").lines()) + "\n\n",
         "Target: q0, the mixture +-2 (std 0.5, equal weights), through its exact denoiser; DI objective, generator lr 1e-4, "
         "TA lr 1e-3; the generator's network and the TA start from a reference network trained by DSM for 300 steps. "
         "Collapsed: more than 90% of the samples on one side of 0.\n\n",

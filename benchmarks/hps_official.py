@@ -28,7 +28,6 @@ import gzip
 import importlib.metadata as md
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -171,7 +170,7 @@ def compare(args) -> str:
     img_score.model_dict.update(model=model, preprocess_val=preprocess_val)
     work = Path(tempfile.mkdtemp(prefix="hps_official_"))
     checkpoints = {"fp32": work / "fp32" / "HPS_v2.1_compressed.pt", "fp16": work / "fp16" / "HPS_v2.1_compressed.pt"}
-    for (name, path), dtype in zip(checkpoints.items(), (torch.float32, torch.float16)):
+    for (_, path), dtype in zip(checkpoints.items(), (torch.float32, torch.float16)):
         path.parent.mkdir()
         torch.save({"state_dict": {k: v.to(dtype) for k, v in model.state_dict().items()}}, path)
     tok = save_bpe_tokenizer(work / "tokenizer")
@@ -222,6 +221,7 @@ def versions() -> str:
 
 
 def report(args, cfg, rows_img, rows_txt, rows_16, seconds: float) -> str:
+    from didr.eval.report import Provenance
     from didr.rewards import hps
 
     size = "ViT-H-14 (full size)" if args.full else f"ViT-H-14 layout at reduced size: {json.dumps(cfg)}"
@@ -229,11 +229,8 @@ def report(args, cfg, rows_img, rows_txt, rows_16, seconds: float) -> str:
     lines = [
         f"## {args.label}",
         "",
-        f"Command: `PYTHONPATH={os.environ.get('PYTHONPATH', '')} {Path(sys.executable).parent.parent.name}/bin/python "
-        f"{shlex.join(sys.argv)}` (didr from `{Path(hps.__file__).resolve().parents[2]}`)",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores shared with other work, torch threads {torch.get_num_threads()}; "
-        f"{seconds:.0f} s in all",
-        f"Date: {datetime.date.today().isoformat()}",
+        *Provenance.here(f"PYTHONPATH={os.environ.get('PYTHONPATH', '')} {Path(sys.executable).parent.parent.name}/bin/python {shlex.join(sys.argv)}",
+                         f"didr from `{Path(hps.__file__).resolve().parents[2]}`; CPU cores shared with other work; {seconds:.0f} s in all").lines(),
         f"Packages: {versions()}",
         f"Model: random weights (open_clip's initialisation, seed 0), {size}",
         "",

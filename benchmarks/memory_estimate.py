@@ -144,10 +144,10 @@ def network(backbone: str, n_layers: int | None = None, lora_rank: int = 0, trai
     from accelerate import init_empty_weights
 
     from didr.models.lora import add_lora
-    from didr.testing import true_shapes as real_shapes
+    from didr.testing import true_shapes
 
     with init_empty_weights():
-        net = real_shapes.sdxl_unet(torch.bfloat16) if backbone == "sdxl" else real_shapes.zimage_transformer(torch.bfloat16, n_layers)
+        net = true_shapes.sdxl_unet(torch.bfloat16) if backbone == "sdxl" else true_shapes.zimage_transformer(torch.bfloat16, n_layers)
         net.requires_grad_(trainable)
         if lora_rank:
             add_lora(net, lora_rank, "adapter")
@@ -186,10 +186,10 @@ def network_activations(backbone: str, batch: int, latent_side: int, n_layers: i
 def vae_decode_activations(backbone: str, batch: int, latent_side: int) -> tuple[float, float]:
     from accelerate import init_empty_weights
 
-    from didr.testing import true_shapes as real_shapes
+    from didr.testing import true_shapes
 
     with init_empty_weights():
-        vae = real_shapes.vae(backbone, torch.bfloat16)
+        vae = true_shapes.vae(backbone, torch.bfloat16)
     blocks = list(vae.decoder.up_blocks) + [vae.decoder.mid_block]
     c = vae.config.latent_channels
     return measure(vae, blocks, lambda: vae.decode(meta((batch, c, latent_side, latent_side), True)))
@@ -200,10 +200,10 @@ def reward_activations(batch: int, dtype: torch.dtype = torch.bfloat16) -> float
     """GiB PickScore's vision tower (CLIP ViT-H/14 at 224 px) saves on the way to its image embedding."""
     from accelerate import init_empty_weights
 
-    from didr.testing import true_shapes as real_shapes
+    from didr.testing import true_shapes
 
     with init_empty_weights():
-        clip = real_shapes.clip_h(dtype)
+        clip = true_shapes.clip_h(dtype)
     call = lambda: clip.visual_projection(clip.vision_model(pixel_values=meta((batch, 3, 224, 224), True, dtype)).pooler_output)  # noqa: E731
     total, _ = measure(clip, list(clip.vision_model.encoder.layers), call)
     return total
@@ -213,12 +213,12 @@ def reward_activations(batch: int, dtype: torch.dtype = torch.bfloat16) -> float
 def parameter_counts(backbone: str, n_layers: int | None, lora_rank: int, ta_lora_rank: int) -> dict[str, int]:
     from accelerate import init_empty_weights
 
-    from didr.testing import true_shapes as real_shapes
+    from didr.testing import true_shapes
 
     net = network(backbone, n_layers)
     with init_empty_weights():
-        vae = real_shapes.vae(backbone)
-        clip = real_shapes.clip_h()
+        vae = true_shapes.vae(backbone)
+        clip = true_shapes.clip_h()
     return {
         "network": sum(p.numel() for p in net.parameters()),
         "lora": lora_params(net, lora_rank),

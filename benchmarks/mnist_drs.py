@@ -14,13 +14,12 @@ split-half agreement as the noise floor.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 
+from didr.eval.report import Provenance
 from didr.experiments.digits.bench import preset
 from didr.experiments.digits.stages import prepare_stages
 from didr.objectives.drs import DRPEstimator, MonteCarloDRS
@@ -56,9 +55,8 @@ def main() -> None:
     half = args.ref_samples // 2
     yard_a, yard_b = MonteCarloDRS(reward, args.beta, half, args.ref_steps, seed=2), MonteCarloDRS(reward, args.beta, half, args.ref_steps, seed=3)
     lines = [f"# Monte-Carlo DRS against DRP on MNIST (beta = {args.beta:g})", "",
-             f"Command: `python benchmarks/mnist_drs.py --bench-dir DIR --out {args.out}` (stages of `didr bench mnist`)",
-             f"Machine: {platform.platform()}, 2 shared CPUs, torch {torch.__version__}, {args.threads} thread(s); other jobs shared the cores",
-             f"Date: {date.today().isoformat()}", "",
+             *Provenance.here(f"python benchmarks/mnist_drs.py --bench-dir DIR --out {args.out}",
+                              "the stages of `didr bench mnist`; other jobs shared the cores").lines(), "",
              f"Yardstick: Monte-Carlo DRS with {args.ref_samples} posterior samples x {args.ref_steps} ancestral steps (two independent halves; "
              "their agreement is the noise floor). Each cell: mean over the points of the cosine similarity to the yardstick / norm ratio "
              f"(< 1: shrunk towards zero). {args.points} points per noise level; seconds per call at that batch.", "",

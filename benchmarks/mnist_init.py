@@ -21,14 +21,13 @@ import argparse
 import copy
 import dataclasses
 import json
-import platform
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 
 from didr.eval.frontier import mean_interval
+from didr.eval.report import Provenance
 from didr.experiments.digits.bench import default_jobs, preset, run_train_config
 from didr.experiments.digits.evaluate import EVAL_SEED, Evaluator
 from didr.experiments.digits.report import table
@@ -134,14 +133,14 @@ def main() -> None:
         seconds = time.perf_counter() - ts
         init_label, di_label = f"init {label}", f"DI from {label}"
         notes[label] = note
-        rows.append(score(init_label, None, lambda zz, cc: generate(generator, zz, cc), seconds))
+        rows.append(score(init_label, None, lambda zz, cc, g=generator: generate(g, zz, cc), seconds))
         start = dataclasses.replace(stages, generator=generator.eval())
         for seed in range(args.seeds):
             di = Setting("DI", "", dataclasses.replace(cfg.method, name="di"))
             method, train = di.method, run_train_config(di, cfg, seed)
             ts = time.perf_counter()
             trained = align(start, method, train, None, desc=f"DI from {label} seed {seed}")
-            rows.append(score(di_label, seed, lambda zz, cc: generate(trained, zz, cc), time.perf_counter() - ts))
+            rows.append(score(di_label, seed, lambda zz, cc, g=trained: generate(g, zz, cc), time.perf_counter() - ts))
     write(rows, notes, args, Path(args.out), time.perf_counter() - t0)
 
 
@@ -150,11 +149,10 @@ def write(rows: list[dict], notes: dict[str, str], args, path: Path, seconds: fl
 
     teacher = rows[0]
     lines = ["# What limits the MNIST one-step initialisation", "",
-             f"Command: `python benchmarks/mnist_init.py --bench-dir DIR --out {path}"
-             + (f" --variants '{args.variants}'" if args.variants != ",".join(DEFAULT) else "") + f" --seeds {args.seeds}` (stages of `didr bench mnist`)",
-             f"Machine: {platform.platform()}, {os.cpu_count()} CPUs shared with other jobs, torch {torch.__version__}, 1 thread, "
-             f"load average {os.getloadavg()[0]:.1f} at the end",
-             f"Date: {date.today().isoformat()}. Time: {seconds:.0f} s. DI seeds: {', '.join(map(str, range(args.seeds)))}; "
+             *Provenance.here(f"python benchmarks/mnist_init.py --bench-dir DIR --out {path}"
+                              + (f" --variants '{args.variants}'" if args.variants != ",".join(DEFAULT) else "") + f" --seeds {args.seeds}",
+                              f"the stages of `didr bench mnist`; other jobs shared the CPUs; load average {os.getloadavg()[0]:.1f} at the end").lines(),
+             f"Time: {seconds:.0f} s. DI seeds: {', '.join(map(str, range(args.seeds)))}; "
              "intervals: 95% Student-t over seeds; the initial generators are one seed each.", "",
              f"Target for DI: FID real at most {1.1 * teacher['fid_real']:.3g} (1.1 x the teacher's {teacher['fid_real']:.3g}), "
              f"precision and recall within 0.03 of {teacher['precision']:.3f} / {teacher['recall']:.3f}.", "", table(rows), "",

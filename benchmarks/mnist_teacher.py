@@ -19,7 +19,7 @@ from didr.data.digits import load_digit_data
 from didr.diffusion.denoiser import GuidedDenoiser
 from didr.diffusion.schedules import make_schedule
 from didr.eval import image_metrics as im
-from didr.experiments.digits.config import DigitsConfig
+from didr.experiments.config import DigitsConfig
 from didr.experiments.digits.prompts import ClassPrompts
 from didr.experiments.digits.rewards import train_classifier
 from didr.experiments.digits.stages import teacher_sample, train_reference

@@ -20,7 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
-from didr.experiments.digits.report import ablation_summary, render_report, target_text
+from didr.experiments.digits.report import ablation_summary, provenance, render_report, target_text
 
 #: results recorded beside each benchmark's report, listed at its end
 RELATED = {
@@ -45,7 +45,7 @@ def ablation_section(result: dict, name: str) -> str:
     teacher = next(r for r in result["rows"] if r["family"] == "teacher")
     return "\n".join([
         "", "## Distillation ablation: what the loop alone costs in fidelity", "",
-        f"Command: `didr bench {result['dataset']} --ablation --out DIR` on the same stages. Machine: {result['machine']}. Date: {result['date']}. "
+        *provenance(result, f"didr bench {result['dataset']} --ablation --out DIR", "on the same stages").lines(),
         f"Time: {result['seconds']:.0f} s. Seeds: {', '.join(map(str, result['seeds']))}; FID real as mean ± 95% Student-t half-width.", "",
         f"DI alone (no reward), one change of the loop at a time. {target_text(teacher)} With {len(result['seeds'])} seeds a 95% interval is wide "
         f"(Student-t with {len(result['seeds']) - 1} degree{'s' if len(result['seeds']) != 2 else ''} of freedom): the table ranks the variants by their "

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import torch
 
 from didr.diffusion.schedules import VPCosineSchedule
+from didr.eval.report import Provenance
 from didr.models.mlp import MLPDenoiser, MLPGenerator
 from didr.objectives.config import MethodConfig, build_objective
 from didr.rewards.toy import SigmoidReward
@@ -79,9 +78,8 @@ def main() -> None:
     lines = [
         "# Step cost on the toy",
         "",
-        f"Command: `python benchmarks/step_cost.py --batch {args.batch} --repeats {args.repeats} --threads {args.threads}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"{datetime.date.today().isoformat()}. Medians over {args.repeats} round-robin rounds.",
+        *Provenance.here(f"python benchmarks/step_cost.py --batch {args.batch} --repeats {args.repeats} --threads {args.threads}").lines(),
+        f"Medians over {args.repeats} round-robin rounds.",
         "",
         "| method | generator update (ms) | / DI++ | outer step: 5 TA + 1 generator (ms) | / DI++ |",
         "|---|---|---|---|---|",

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
 import itertools
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from didr.eval.report import Provenance
 
 HERE = Path(__file__).resolve().parent
 GIB = 2**30
@@ -84,7 +84,7 @@ def grid(backbones: list[str], kind: str) -> list[Row]:
 def folders(backbone: str, cache: Path, tiny: bool) -> tuple[Path, str]:
     """(pipeline folder, reward spec), written once."""
     from didr.testing import tiny as tiny_models
-    from didr.testing import true_shapes as real_shapes
+    from didr.testing import true_shapes
 
     if tiny:
         pipe = cache / f"tiny-{backbone}"
@@ -96,10 +96,10 @@ def folders(backbone: str, cache: Path, tiny: bool) -> tuple[Path, str]:
         return pipe, f"pickscore:{clip}"
     pipe = cache / f"{backbone}-bf16"
     if not (pipe / "model_index.json").is_file():
-        real_shapes.SAVERS[backbone](pipe, dtype=torch.bfloat16)
+        true_shapes.SAVERS[backbone](pipe, dtype=torch.bfloat16)
     clip = cache / "clip-h-bf16"
     if not (clip / "config.json").is_file():
-        real_shapes.save_clip_h(clip, dtype=torch.bfloat16)
+        true_shapes.save_clip_h(clip, dtype=torch.bfloat16)
     return pipe, f"pickscore:{clip}"
 
 
@@ -164,15 +164,6 @@ def measure(row: Row, pipe: Path, reward: str, args, work: Path) -> dict:
             torch.cuda.empty_cache()
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return f"{props.name} ({props.total_memory / GIB:.0f} GiB), CUDA {torch.version.cuda}, torch {torch.__version__}"
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-                 platform.machine())
-    return f"{model}, CPU only ({torch.get_num_threads()} torch threads; other work may share it), torch {torch.__version__}"
-
-
 def table(results: dict[Row, dict], device_type: str) -> list[str]:
     memory = "peak GPU memory, GiB" if device_type == "cuda" else "peak RSS of the process so far, GiB"
     lines = [f"| configuration | s / outer step | {memory} | time / DI++ | memory / DI++ |", "|---|---|---|---|---|"]
@@ -217,9 +208,8 @@ def main(argv: list[str] | None = None) -> Path:
     lines = [
         "# Seconds and memory per outer DIDR step at 1024 px, against DI++" if not args.tiny else "# Step cost, tiny pipelines (a check of the script)",
         "",
-        f"Command: `{cmd}`  ",
-        f"Machine: {machine()}  ",
-        f"Date: {datetime.date.today().isoformat()}. Medians over {args.repeats} outer steps after {args.warmup} warm-up; "
+        *Provenance.here(cmd).lines(),
+        f"Medians over {args.repeats} outer steps after {args.warmup} warm-up; "
         f"an outer step is {args.ta_updates} TA updates + 1 generator update; {args.resolution} px, bf16 weights and autocast, "
         f"LoRA rank {args.lora_rank}, DMD2-style generator at t = 0.4 (SDXL) / 1 (Z-Image).",
         "",

@@ -20,9 +20,7 @@ Writes benchmarks/results/ta_weighting.md, .png and .json (the raw figures).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,6 +32,7 @@ import torch
 from didr import config as cfgio
 from didr.diffusion.losses import dsm_loss, dsm_weighting, sample_times
 from didr.diffusion.schedules import broadcast_to
+from didr.eval.report import Provenance
 from didr.experiments.config import RunConfig
 from didr.experiments.text_to_image import build
 from didr.progress import Progress
@@ -170,9 +169,7 @@ def report(args, before, after, linear, minutes: float) -> str:
     lines = [
         "# The TA's DSM weighting on the tiny SDXL",
         "",
-        f"Command: `{cmd}`  ",
-        f"Machine: {platform.machine()}, 2 shared CPU cores, {torch.get_num_threads()} torch thread, torch {torch.__version__}, "
-        f"{datetime.date.today().isoformat()}; {minutes:.1f} minutes in all, other work sharing the machine.",
+        *Provenance.here(cmd, f"{minutes:.1f} minutes in all, other work sharing the machine").lines(),
         "",
         "The tiny random SDXL of `configs/tiny-sdxl.yaml`: the TA (a rank-4 LoRA on the frozen reference UNet) is "
         f"trained alone for {args.steps} DSM steps (batch {args.batch}, AdamW lr {args.lr:g}) on fresh samples of the frozen "

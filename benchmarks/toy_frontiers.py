@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import shutil
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 import torch
 
 from didr.cli import main as didr
+from didr.runtime import machine
 
 THIN_RING = ["--ring", "8", "--set", "toy.ring_std=0.05", "--reward", "linear:1"]
 CASES = {
@@ -170,7 +169,7 @@ def main() -> None:
     invocations = json.loads(log.read_text()) if log.is_file() else []
     invocations.append({
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other work, {args.jobs} processes of 1 torch thread, torch {torch.__version__}",
+        "machine": f"{machine()}; {args.jobs} processes of 1 torch thread, CPU cores shared with other work",
         "cases": [f"{args.preset}-{c['label']}" for c in cases],
         "runs_trained": sum(c["runs_trained"] for c in cases),
         "seconds": round(time.perf_counter() - t0, 1),

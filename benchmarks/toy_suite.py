@@ -12,9 +12,7 @@ gives no interval: method comparisons are benchmarks/toy_frontiers.py's.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import shlex
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import torch
 
 from didr.cli import main as didr
+from didr.eval.report import Provenance
 
 CASES = {
     "default": [],
@@ -46,8 +45,7 @@ def render(cases: list[dict], threads: int) -> str:
     lines = [
         "# Toy suite: each method against the exact optimum p*",
         "",
-        f"Machine: {platform.machine()} CPU, {threads} torch thread(s), torch {torch.__version__}, {datetime.date.today().isoformat()}.",
-        "Other work shared the 2 cores during these runs, so wall times are upper bounds.",
+        *Provenance.here(f"python benchmarks/toy_suite.py --threads {threads}", "other work shared the 2 cores, so wall times are upper bounds").lines(),
         "",
     ]
     for case in cases:

@@ -20,16 +20,16 @@ are separate. Each run's record is appended to ``benchmarks/results/true_shapes.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from didr.eval.report import Provenance
 
 HERE = Path(__file__).resolve().parent
 GIB = 2**30
@@ -120,11 +120,6 @@ def watch(cmd: list[str], out: Path, env: dict) -> dict:
     return {"peaks": peaks, "metrics": times}
 
 
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.machine())
-    return f"{model}, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.0f} GiB RAM"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", choices=["sdxl", "zimage"], default="sdxl")
@@ -189,9 +184,8 @@ def record(args, label, cfg, result, baseline, est, wall, load) -> None:
     lines = [
         f"## {label}",
         "",
-        f"Command: `flock /tmp/didr-heavy.lock {cmd}`  ",
-        f"Machine: {machine()}; torch {args.threads} thread(s); load average {load[0]:.1f} when it started (other work shared the machine).  ",
-        f"Date: {datetime.date.today().isoformat()}. Wall time {wall / 60:.1f} min, of which steps {secs[-1] / 60 if secs else float('nan'):.1f} min.  ",
+        *Provenance.here(f"flock /tmp/didr-heavy.lock {cmd}", f"load average {load[0]:.1f} when it started (other work shared the machine)").lines(),
+        f"Wall time {wall / 60:.1f} min, of which steps {secs[-1] / 60 if secs else float('nan'):.1f} min.  ",
         f"Setting: {json.dumps({k: v for k, v in cfg['backbone'].items() if k not in ('pretrained', 'prompt_list')})}; "
         f"method {json.dumps(cfg['method'])}; train {json.dumps({k: cfg['train'][k] for k in ('steps', 'batch_size', 'ta_updates')})}; "
         f"skipped (non-finite) steps: {bad:.0f}.",

@@ -76,7 +76,7 @@ def test_disabled_writes_nothing_and_iterates():
 
 
 def test_toy_stages_write_plain_progress_off_a_terminal(capsys):
-    from didr.experiments.toy.config import ToyConfig
+    from didr.experiments.config import ToyConfig
     from didr.experiments.toy.stages import prepare_stages
 
     cfg = ToyConfig(ref_steps=20, ref_batch=32, distill_steps=10, distill_batch=32, hidden=16, teacher_steps=4, eval_samples=16)

@@ -51,10 +51,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def memory_gib() -> float:
+    """The host's physical memory, GiB (NaN where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return float("nan")
+
+
 def machine() -> str:
-    """One line naming the host: OS, processor, cores, GPU, python, torch and its thread count."""
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} CPUs{gpu}, python {platform.python_version()}, "
+    """One line naming the host: OS, processor, cores, memory, GPU, python, torch and its thread count."""
+    gpu = "no GPU"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu = f"GPU {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    return (f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} CPUs, {memory_gib():.0f} GiB RAM, {gpu}, python {platform.python_version()}, "
             f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)")
 
 

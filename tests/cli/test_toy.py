@@ -79,17 +79,6 @@ def test_frontier_writes_table_plot_and_comparisons_and_resumes(tmp_path, capsys
     assert json.loads((out / "frontier.json").read_text())["runs_trained"] == 2
 
 
-def test_default_strengths_put_dipp_at_didrs_push():
-    """DIDR's default grid is beta x (1/2, 1, 2, 4); DI++'s is, for each of those, the endpoint
-    weight with the same average push (M13): about 0.23 at the toy's beta 0.72, not 1 / beta."""
-    from didr.diffusion.schedules import make_schedule
-    from didr.experiments.sweep import toy_strengths as default_strengths
-    from didr.objectives.config import MethodConfig
-
-    vp = make_schedule("vp-cosine")
-    assert default_strengths(MethodConfig(name="didr", beta=0.72, t_max=0.4), vp) == pytest.approx([0.36, 0.72, 1.44, 2.88])
-    alphas = default_strengths(MethodConfig(name="dipp", beta=0.72, t_max=0.4), vp)
-    assert alphas == pytest.approx([0.4573, 0.2287, 0.1143, 0.0572], abs=2e-4)
 
 
 @pytest.mark.slow

@@ -135,7 +135,7 @@ def test_processes_train_the_same_step():
 def toy_stages():
     """The 1-D two-mode mixture of the toy, a briefly trained reference network (the TA's and the
     generator's initialisation) and the exact mixture denoiser as the DI target."""
-    from didr.experiments.toy.config import ToyConfig
+    from didr.experiments.config import ToyConfig
     from didr.experiments.toy.stages import prepare_stages
 
     cfg = ToyConfig(hidden=64, depth=3, ref_steps=300, ref_batch=512, ref_lr=1e-3, distill_steps=0, eval_samples=10)

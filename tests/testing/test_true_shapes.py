@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from didr.testing import true_shapes as real_shapes
+from didr.testing import true_shapes
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -19,24 +19,24 @@ def test_published_configs_build_the_released_parameter_counts():
     from accelerate import init_empty_weights
 
     with init_empty_weights():
-        assert count(real_shapes.sdxl_unet()) == 2_567_463_684  # SDXL base 1.0's UNet
-        assert count(real_shapes.zimage_transformer()) == 6_154_908_736  # Z-Image's 6.15 B DiT
-        assert count(real_shapes.vae("sdxl")) == 83_653_863
-        assert count(real_shapes.vae("zimage")) == 83_819_683
-        assert count(real_shapes.clip_h()) == 986_109_441  # PickScore's CLIP ViT-H/14
-        cut = real_shapes.zimage_transformer(n_layers=2)
+        assert count(true_shapes.sdxl_unet()) == 2_567_463_684  # SDXL base 1.0's UNet
+        assert count(true_shapes.zimage_transformer()) == 6_154_908_736  # Z-Image's 6.15 B DiT
+        assert count(true_shapes.vae("sdxl")) == 83_653_863
+        assert count(true_shapes.vae("zimage")) == 83_819_683
+        assert count(true_shapes.clip_h()) == 986_109_441  # PickScore's CLIP ViT-H/14
+        cut = true_shapes.zimage_transformer(n_layers=2)
     assert len(cut.layers) == 2 and cut.config.dim == 3840  # full width, fewer blocks
-    widths = real_shapes.published_config("sdxl_text_encoder")["hidden_size"] + real_shapes.published_config("sdxl_text_encoder_2")["hidden_size"]
-    assert widths == real_shapes.published_config("sdxl_unet")["cross_attention_dim"]
-    assert real_shapes.published_config("zimage_text_encoder")["hidden_size"] == real_shapes.published_config("zimage_transformer")["cap_feat_dim"]
+    widths = true_shapes.published_config("sdxl_text_encoder")["hidden_size"] + true_shapes.published_config("sdxl_text_encoder_2")["hidden_size"]
+    assert widths == true_shapes.published_config("sdxl_unet")["cross_attention_dim"]
+    assert true_shapes.published_config("zimage_text_encoder")["hidden_size"] == true_shapes.published_config("zimage_transformer")["cap_feat_dim"]
 
 
 def test_published_config_names_are_checked():
     with pytest.raises(KeyError, match="choose one of"):
-        real_shapes.published_config("sdxl_unet_v2")
-    a = real_shapes.published_config("sdxl_unet")
+        true_shapes.published_config("sdxl_unet_v2")
+    a = true_shapes.published_config("sdxl_unet")
     a["in_channels"] = 9
-    assert real_shapes.published_config("sdxl_unet")["in_channels"] == 4  # a fresh copy each time
+    assert true_shapes.published_config("sdxl_unet")["in_channels"] == 4  # a fresh copy each time
 
 
 @pytest.mark.slow
@@ -45,8 +45,8 @@ def test_full_width_zimage_trains_from_its_folder(tmp_path):
     ViT-H/14: written as folders, loaded by `didr train` through from_pretrained, one DIDR step, exported."""
     from didr.cli import main
 
-    real_shapes.save_zimage_pipeline(tmp_path / "zimage", dtype=torch.bfloat16, n_layers=1)
-    real_shapes.save_clip_h(tmp_path / "clip", dtype=torch.bfloat16)
+    true_shapes.save_zimage_pipeline(tmp_path / "zimage", dtype=torch.bfloat16, n_layers=1)
+    true_shapes.save_clip_h(tmp_path / "clip", dtype=torch.bfloat16)
     cfg = {
         "experiment": "text-to-image",
         "method": {"name": "didr", "drp_steps": 2, "drp_checkpoint": True},

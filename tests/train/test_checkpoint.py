@@ -70,7 +70,8 @@ def _foreign_state(path):
 
 @pytest.mark.parametrize(
     "damage, reason",
-    [(_truncate, "truncated"), (_flip_byte, "corrupt"), (_garbage_state, "corrupt"), (_no_state, "incomplete"), (_missing_rng, "missing"), (_foreign_state, "not a didr checkpoint")],
+    [(_truncate, "truncated"), (_flip_byte, "corrupt"), (_garbage_state, "corrupt"), (_no_state, "incomplete"), (_missing_rng, "missing"),
+     (_foreign_state, "not a didr checkpoint")],
 )
 def test_a_damaged_latest_is_skipped_with_a_warning(tmp_path, damage, reason):
     save(tmp_path, 1, value=1.0)

@@ -12,7 +12,9 @@ import torch
 
 from didr.errors import CheckpointError, RewardError
 from didr.train.config import TrainConfig
-from didr.train.loop import Interrupted, Trainer, TrainingError, lr_factor
+from didr.train.loop import Trainer, TrainingError
+from didr.train.optim import lr_factor
+from didr.train.signals import Interrupted
 from tests.helpers import assert_bit_identical, exported, tiny_alignment, tiny_config
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from didr.errors import ConfigError
 from didr.experiments.digits.bench import ablation, bench, default_jobs
-from didr.experiments.digits.config import DI_SEEDS, PRESETS, SEEDS
+from didr.experiments.digits.presets import DI_SEEDS, PRESETS, SEEDS
 
 
 def run(args: argparse.Namespace) -> int:

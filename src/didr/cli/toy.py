@@ -25,8 +25,8 @@ from didr import config as cfgio
 from didr.diffusion.mixture import read_mixture_file
 from didr.errors import ConfigError
 from didr.experiments.config import RunConfig
-from didr.experiments.toy.config import apply_preset
 from didr.experiments.toy.frontier import run_frontier
+from didr.experiments.toy.presets import apply_preset
 from didr.experiments.toy.run import run_toy
 from didr.objectives.config import parse_method_spec
 

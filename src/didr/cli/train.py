@@ -28,7 +28,7 @@ from didr.files import atomic_write_text
 from didr.runtime import is_main_process
 from didr.train.checkpoint import check_resumable, latest_state, require_usable
 from didr.train.distributed import check_sharded_launch
-from didr.train.loop import Interrupted
+from didr.train.signals import Interrupted
 
 
 def check_resume(out: Path, cfg: RunConfig) -> None:

@@ -45,8 +45,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 def render(title: str, provenance: Provenance | None, sections: Sequence[str]) -> str:
     """``# title``, the provenance block, then each section, separated by blank lines."""
-    head = [f"# {title}", ""] + ([*provenance.lines(), ""] if provenance is not None else [])
-    return "\n".join(head) + "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
+    head = [f"# {title}", *(["", *provenance.lines()] if provenance is not None else [])]
+    return "\n".join(head) + "\n\n" + "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
 
 
 def write_report(path: Path, title: str, provenance: Provenance | None, sections: Sequence[str]) -> Path:

@@ -1,7 +1,7 @@
 """SDXL, Z-Image and PickScore's CLIP ViT-H/14 at their published sizes, with random weights.
 
 The published configurations ship as data in ``didr/testing/configs/`` (each file's source is in
-``configs/SOURCES.md``); :func:`published_config` reads them. The builders save complete
+``didr/testing/configs/SOURCES.md``); :func:`published_config` reads them. The builders save complete
 pipeline folders in the real layouts, so a run loads them through the same ``from_pretrained``
 paths as released weights (``backbone.pretrained: FOLDER``, ``reward: pickscore:FOLDER``):
 

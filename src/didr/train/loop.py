@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -58,6 +56,9 @@ from didr.train.distributed import (
     to_device,
 )
 from didr.train.ema import EMA
+from didr.train.metrics import MetricsLog
+from didr.train.optim import make_lr_schedule, make_optimizer
+from didr.train.signals import Interrupted, StopSignals
 
 
 @dataclass
@@ -77,84 +78,6 @@ class TrainingError(DidrError):
 
 class RewardStop(TrainingError, NonFiniteRewardError):
     """The run stopped because the reward kept returning NaN or inf."""
-
-
-class Interrupted(DidrError):
-    """SIGTERM or SIGINT stopped the run after a checkpoint was saved."""
-
-    def __init__(self, signum: int, step: int, saved: Path | None):
-        self.signum, self.step, self.saved = signum, step, saved
-        where = f"checkpoint saved to {saved}; continue with --resume" if saved else "no output directory, nothing saved"
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {where}")
-
-
-class MetricsLog:
-    """Metrics as JSON lines (and TensorBoard scalars when it is installed)."""
-
-    def __init__(self, out_dir: Path | None, tensorboard: bool = True):
-        self.file = None
-        self.tb = None
-        if out_dir is None:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.file = open(out_dir / "metrics.jsonl", "a")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.tb = None
-
-    @staticmethod
-    def truncate(out_dir: Path, step: int) -> None:
-        """Drop the records after ``step``: a resumed run writes them again."""
-        path = out_dir / "metrics.jsonl"
-        if path.is_file():
-            keep = [line for line in path.read_text().splitlines() if _record_step(line) <= step]
-            path.write_text("".join(line + "\n" for line in keep))
-
-    def write(self, step: int, logs: dict[str, float]) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps({"step": step, **logs}) + "\n")
-            self.file.flush()
-        if self.tb is not None:
-            for k, v in logs.items():
-                self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _record_step(line: str) -> float:
-    try:
-        return float(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return math.inf  # an unreadable (half-written) line goes
-
-
-def make_optimizer(params, lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # foreach: the same update as the per-tensor loop (bit for bit), in half the time for small nets on a CPU
-    return torch.optim.AdamW(
-        [p for p in params if p.requires_grad], lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, foreach=True
-    )
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup over ``lr_warmup`` steps, then constant or a cosine decay to 0 at ``steps``."""
-    if step < cfg.lr_warmup:
-        return (step + 1) / cfg.lr_warmup
-    if cfg.lr_schedule == "cosine":
-        progress = min(1.0, (step - cfg.lr_warmup) / max(1, cfg.steps - cfg.lr_warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
-
-
-def make_lr_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg))
 
 
 class Trainer:
@@ -484,7 +407,7 @@ class Trainer:
         start, logs = time.perf_counter(), {}
         saved_at = self.step_count if self.resumed_from else -1  # the checkpoint it resumed from
         first_step = self.step_count
-        with _StopSignals() as stop:
+        with StopSignals() as stop:
             try:
                 while self.step_count < self.cfg.steps:
                     logs = self.step()
@@ -523,28 +446,3 @@ class Trainer:
     def _latest(self) -> Path | None:
         root = self.checkpoint_dir
         return root / ckpt.checkpoint_name(self.step_count) if root is not None else None
-
-
-class _StopSignals:
-    """Within the block, SIGTERM and SIGINT are recorded instead of killing the process; the loop
-    checks ``signum`` at each step boundary. A second signal acts as usual."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-        signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self.previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)

@@ -5,7 +5,7 @@ import torch
 
 from didr.diffusion.denoiser import GuidedDenoiser, concat_cond
 from didr.diffusion.schedules import VPCosineSchedule
-from didr.experiments.digits.config import DigitsConfig
+from didr.experiments.config import DigitsConfig
 from didr.experiments.digits.prompts import text_prompts
 from didr.models.text import SentenceEncoder
 from didr.models.unet import UNetDenoiser

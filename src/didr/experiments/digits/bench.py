@@ -37,8 +37,8 @@ from didr.diffusion.denoiser import GuidedDenoiser
 from didr.eval.frontier import plot_frontiers
 from didr.eval.plots import save_grid
 from didr.experiments.config import RunConfig
-from didr.experiments.digits.config import DI_SEEDS, SEEDS, preset_data
 from didr.experiments.digits.evaluate import EVAL_SEED, Evaluator
+from didr.experiments.digits.presets import DI_SEEDS, SEEDS, preset_data
 from didr.experiments.digits.report import METRICS, analyse, reference_points, render_report, sample_figure, write_ablation
 from didr.experiments.digits.stages import align, generate, prepare_stages, teacher_sample
 from didr.experiments.stages import cached_timed

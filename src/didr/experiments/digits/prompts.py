@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from didr.data.digits import STYLE_NAMES, DigitPrompts, digit_prompts
-from didr.experiments.digits.config import DigitsConfig
+from didr.experiments.config import DigitsConfig
 from didr.models.text import PromptSet, SentenceEncoder, encode_cached, minilm_path
 
 

@@ -203,7 +203,8 @@ Reference: a conditional UNet ({d['channels'][0]}/{d['channels'][1]} channels, {
 {d['ref_steps']:,} steps at batch {d['ref_batch']}, EMA {d['ref_ema']:g}{sharded(d.get('ref_shards', 1))}. Teacher: its {d['teacher_steps']}-step DDIM {guidance}. Initial one-step
 generator: the reference at t_max, regressed onto {d['teacher_pool']:,} teacher samples from the same noise for {d['distill_steps']:,} steps
 (batch {d['distill_batch']}, lr {d['distill_lr']:g}{ema}). Every method: {t['steps']} generator updates at batch {t['batch_size']}, {t['ta_updates']} TA
-update{'s' if t['ta_updates'] != 1 else ''} per generator update, Adam (beta1 = {t['adam_beta1']:g}) lr {t['lr_generator']:g}, TA lr {t['lr_ta']:g}, generator EMA {t['ema_decay']:g}.
+update{'s' if t['ta_updates'] != 1 else ''} per generator update, Adam (beta1 = {t['adam_beta1']:g}) lr {t['lr_generator']:g}, TA lr {t['lr_ta']:g},
+generator EMA {t['ema_decay']:g}.
 
 Reward = preference + {d['prompt_weight']:g} x log p(digit | x) (what training optimises); proxy = the Bradley-Terry preference model
 alone (standardised on real training images); gold = the hidden attribute the annotator ranked by ({d['gold']}), gold deficit =

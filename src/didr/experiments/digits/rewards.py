@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from didr.data.digits import DigitData, load_digit_data
-from didr.experiments.digits.config import DigitsConfig
+from didr.experiments.config import DigitsConfig
 from didr.experiments.stages import cached_module, is_cached
 from didr.files import digest
 from didr.rewards.digits import ClassificationBatches, DigitCNN, PreferenceBatches, PreferenceReward, gold_attribute

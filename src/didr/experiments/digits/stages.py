@@ -32,7 +32,7 @@ from didr.diffusion.denoiser import GuidedDenoiser
 from didr.diffusion.losses import dsm_loss, sample_times
 from didr.diffusion.samplers import ddim_sample
 from didr.diffusion.schedules import NoiseSchedule, make_schedule
-from didr.experiments.digits.config import DigitsConfig
+from didr.experiments.config import DigitsConfig
 from didr.experiments.digits.prompts import ClassPrompts, TextPrompts, rows_of, split_cond, text_prompts, where_null
 from didr.experiments.digits.rewards import data_key, reward_stages, rewards_aside, rewards_cached
 from didr.experiments.stages import cached_module, cached_tensors

@@ -23,8 +23,8 @@ from didr.diffusion.losses import dsm_loss, sample_times
 from didr.diffusion.mixture import GaussianMixture, MixtureDenoiser
 from didr.diffusion.samplers import ddim_sample
 from didr.diffusion.schedules import NoiseSchedule, make_schedule
+from didr.experiments.config import ToyConfig
 from didr.experiments.stages import cached_module
-from didr.experiments.toy.config import ToyConfig
 from didr.files import digest
 from didr.models.mlp import MLPDenoiser, MLPGenerator
 from didr.objectives.config import MethodConfig, build_objective
