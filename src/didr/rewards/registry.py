@@ -45,8 +45,7 @@ from didr.rewards.clip import load_aesthetic, load_clipscore, load_pickscore
 from didr.rewards.hps import load_hpsv2
 from didr.rewards.image_reward import load_image_reward
 from didr.rewards.toy import parse_toy_reward
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from didr.runtime import DTYPES
 
 
 def _loaders() -> dict[str, Callable]:
