@@ -1,14 +1,23 @@
-"""Finding and loading reward-model weights from a local path or a Hugging Face hub id.
+"""Weight references, and loading weights from them.
 
-Every failure a user can cause (a folder without the expected file, an unreachable hub, a
-checkpoint whose keys do not fit the model) becomes a one-line :class:`ModelLoadError` that
-names the file or the keys involved.
+Every weight a run names (a pipeline, a network, a state-dict file, a LoRA, a reward model) is a
+reference of one of three forms:
+
+- a local path (a file or a folder);
+- a hub repo id, ``org/name`` (a folder on the Hugging Face hub);
+- a file inside a hub repo, ``org/name:path/in/repo.safetensors``.
+
+Hub references resolve through huggingface_hub's cache (``HF_HUB_CACHE``; with ``HF_HUB_OFFLINE=1``
+only the cache is read). Every failure a user can cause (a folder without the expected file, a
+repo that is neither reachable nor cached, a checkpoint whose keys do not fit the model) becomes a
+one-line :class:`ModelLoadError` that names the reference and the file or keys involved.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -19,6 +28,28 @@ from didr.errors import ModelLoadError
 
 #: file names that hold a transformers model's weights, in the order from_pretrained tries them
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+#: a hub repo id, org/name
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def split_file_ref(ref: str) -> tuple[str, str | None]:
+    """``org/name:file`` -> (``org/name``, ``file``); any other reference -> (it, None)."""
+    repo, sep, file = str(ref).partition(":")
+    if sep and file and HUB_ID.match(repo) and not os.path.exists(str(ref)):
+        return repo, file
+    return str(ref), None
+
+
+def describe_ref(ref: str) -> str:
+    """What kind of reference ``ref`` is, in words, for error messages."""
+    repo, file = split_file_ref(ref)
+    if file:
+        return f"the file {file!r} in hub repo {repo!r}"
+    if is_local(ref):
+        return f"the local path {ref}"
+    return f"{ref!r}, neither a local path nor a repo in the hub cache" if not HUB_ID.match(str(ref)) else f"hub repo {ref!r}"
 
 
 def is_local(source: str | os.PathLike) -> bool:
@@ -44,6 +75,57 @@ def resolve_file(source: str | os.PathLike, filenames: Sequence[str], what: str)
     return _hub_file(str(source), filenames, what)
 
 
+def resolve_weight_file(ref: str, what: str, filenames: Sequence[str] = ()) -> Path:
+    """A local file for a weight reference: a local file, ``org/name:file``, or a folder or hub repo
+    holding one of ``filenames``."""
+    repo, file = split_file_ref(ref)
+    if file:
+        return _hub_file(repo, [file], what)
+    if is_local(ref):
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"{what}: {path} does not exist (a local file; a file in a hub repo is org/name:path/in/repo)")
+        if path.is_dir() and not filenames:
+            raise ModelLoadError(f"{what}: {path} is a folder; give the weight file in it")
+        return resolve_file(path, filenames, what)
+    if not HUB_ID.match(str(ref)):
+        raise ModelLoadError(f"{what}: {ref} does not exist (a local path), and is not a hub repo id (org/name) or a file in one (org/name:file)")
+    if not filenames:
+        raise ModelLoadError(f"{what}: {ref!r} names a hub repo, not a file: give org/name:path/in/repo")
+    return resolve_file(ref, filenames, what)
+
+
+def check_folder_ref(ref: str, what: str, marker: str) -> None:
+    """Refuse a folder reference that cannot be loaded: a local folder without ``marker``, or a hub
+    repo whose ``marker`` is neither reachable nor cached. Reads one small file, writes nothing."""
+    repo, file = split_file_ref(ref)
+    if file:
+        raise ModelLoadError(f"{what}: {ref!r} names a file; give a folder or a hub repo id (org/name)")
+    if is_local(ref):
+        path = Path(ref).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(f"{what}: {path} does not exist (expected a folder holding {marker})")
+        if not (path / marker).is_file():
+            raise ModelLoadError(f"{what}: no {marker} in {path}")
+        return
+    if not HUB_ID.match(str(ref)):
+        raise ModelLoadError(f"{what}: {ref} does not exist (a local path), and is not a hub repo id (org/name)")
+    _hub_file(str(ref), [marker], what)
+
+
+def local_folder(ref: str, what: str, patterns: Sequence[str] | None = None) -> Path:
+    """A local folder for a folder reference: the path itself, or the hub repo's snapshot in the cache
+    (the files matching ``patterns`` fetched first when the hub is reachable)."""
+    if is_local(ref):
+        return Path(ref).expanduser()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(ref), allow_patterns=list(patterns) if patterns else None))
+    except Exception as err:  # offline and not cached, or no such repo
+        raise ModelLoadError(f"{what}: hub repo {ref!r} is neither reachable nor cached ({type(err).__name__})") from None
+
+
 def _hub_file(repo: str, filenames: Sequence[str], what: str) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
@@ -56,7 +138,8 @@ def _hub_file(repo: str, filenames: Sequence[str], what: str) -> Path:
             errors.append(f"{name}: {type(err).__name__}")
             if not isinstance(err, EntryNotFoundError) or isinstance(err, LocalEntryNotFoundError):
                 break  # the hub is unreachable or the repo missing: other file names would only wait again
-    raise ModelLoadError(f"{what}: could not fetch {' or '.join(filenames)} from hub repo {repo!r} ({'; '.join(errors)}); pass a local path")
+    raise ModelLoadError(f"{what}: {' or '.join(filenames)} of hub repo {repo!r} is neither reachable nor cached ({'; '.join(errors)}); "
+                         "or give a local path")
 
 
 def load_state_dict(path: Path, what: str) -> dict[str, Tensor]:

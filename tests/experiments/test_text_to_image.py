@@ -10,82 +10,90 @@ import yaml
 
 from didr.cli import main
 from didr.errors import ConfigError, ModelLoadError
+from didr.models.backbones import BACKBONES
 
 diffusers = pytest.importorskip("diffusers")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
+PROMPTS = ("a photo of a cat", "a red cup of coffee")
+RUNS: dict[str, Path] = {}
+
+
+def tiny_run(kind: str, tmp_path_factory, *sets: str) -> Path:
+    """``didr train configs/tiny-<kind>.yaml`` once per module (and per set of overrides)."""
+    key = " ".join((kind, *sets))
+    if key not in RUNS:
+        out = tmp_path_factory.mktemp(kind)
+        assert main(["train", str(CONFIGS / f"tiny-{kind}.yaml"), "--out", str(out), *(a for s in sets for a in ("--set", s))]) == 0
+        RUNS[key] = out
+    return RUNS[key]
+
+
 @pytest.fixture(scope="module")
 def sdxl_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sdxl")
-    assert main(["train", str(CONFIGS / "tiny-sdxl.yaml"), "--out", str(out)]) == 0
-    return out
+    return tiny_run("sdxl", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def zimage_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zimage")
-    assert main(["train", str(CONFIGS / "tiny-zimage.yaml"), "--out", str(out), "--set", "backbone.generator_steps=2"]) == 0
-    return out
+    return tiny_run("zimage", tmp_path_factory, "backbone.generator_steps=2")
 
 
-def rebuilt_generator(run: Path, kind: str):
-    """The exported network under our own adapter and the exported times."""
-    from didr.models.backbones import backbone, make_denoiser, schedule_from_scheduler
-    from didr.models.generators import StepGenerator
-    from didr.models.pipeline import AnyScheduler
-
+def stock_images(run: Path, seed: int = 7) -> torch.Tensor:
+    """The exported pipeline, as its model card calls it: ``from_pretrained(OUT/export)(prompt, generator, **call)``."""
     info = json.loads((run / "export" / "sampling.json").read_text())
-    net = backbone(kind).network_cls().from_pretrained(run / "export" / info["network"]).eval()
-    sched = AnyScheduler.from_pretrained(str(run / "tiny" / kind), subfolder="scheduler")
-    family = backbone(kind).family.name
-    return StepGenerator(make_denoiser(net, schedule_from_scheduler(sched, family), family), info["times"], renoise=info["renoise"]).eval(), info
+    pipe = diffusers.DiffusionPipeline.from_pretrained(run / "export")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt=list(PROMPTS), generator=torch.Generator().manual_seed(seed), output_type="pt", **info["call"]).images
 
 
-def test_tiny_sdxl_trains_and_stock_pipeline_samples_the_export(sdxl_run):
-    from diffusers import LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+def didr_images(run: Path, seed: int = 7) -> torch.Tensor:
+    from didr.models.sample import sample_images
 
-    metrics = [json.loads(line) for line in (sdxl_run / "metrics.jsonl").read_text().splitlines()]
+    return ((sample_images(run, list(PROMPTS), seed) + 1) / 2).clamp(0, 1)
+
+
+@pytest.mark.parametrize("kind", sorted(BACKBONES))
+def test_every_tiny_backbone_trains_and_exports_a_pipeline_that_reproduces_didr_sample(kind, tmp_path_factory):
+    run = tiny_run(kind, tmp_path_factory, *(["backbone.generator_steps=2"] if kind == "zimage" else []))
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["generator_loss"])) for m in metrics)
-    assert "drs_norm" in metrics[-1]
-    unet = UNet2DConditionModel.from_pretrained(sdxl_run / "export" / "unet")
-    assert not any("lora" in k for k in unet.state_dict())  # the LoRA is fused into a plain UNet
-    assert (sdxl_run / "export" / "lora" / "pytorch_lora_weights.safetensors").is_file()
-
-    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_run / "tiny" / "sdxl", unet=unet)
-    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # DMD2's sampler: one step at timestep 399
-    gen, info = rebuilt_generator(sdxl_run, "sdxl")
-    assert info["timesteps"] == [399]
-    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    latents = pipe("a photo of a cat", num_inference_steps=1, timesteps=info["timesteps"], guidance_scale=0.0, latents=z.clone(),
-                   height=16, width=16, output_type="latent").images
-    from didr.models.text import ClipTextEncoder, sdxl_time_ids
-
-    row = ClipTextEncoder([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2])(["a photo of a cat"])[0]
-    cond = {k: v[None] for k, v in row.items()} | {"time_ids": sdxl_time_ids(16, 16)[None]}
-    with torch.no_grad():
-        ours = gen(z, cond)
-    torch.testing.assert_close(latents, ours, rtol=1e-3, atol=1e-3)  # LCM's c_skip at 399 is ~1e-8
-    image = pipe("a photo of a cat", num_inference_steps=1, timesteps=[399], guidance_scale=0.0, height=16, width=16, output_type="pt").images
-    assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
+    info = json.loads((run / "export" / "sampling.json").read_text())
+    assert {"times", "renoise", "scheduler", "max_sequence_length", "call"} <= set(info) and info["call"]["height"] == 16
+    assert json.loads((run / "export" / "model_index.json").read_text())["scheduler"][1] == info["scheduler"]
+    assert "from_pretrained" in (run / "export" / "README.md").read_text()
+    torch.testing.assert_close(didr_images(run), stock_images(run), rtol=0, atol=1e-5)
 
 
-def test_tiny_zimage_trains_and_stock_pipeline_samples_the_export(zimage_run):
-    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+def test_a_dmd2_four_step_generator_injects_the_pipelines_fresh_noise(tmp_path_factory):
+    """DMD2's 4-step sampling (timesteps 999, 749, 499, 249, fresh noise between steps, as its
+    LCMScheduler draws it from the pipeline's generator after the latents): the export reproduces
+    didr sample, and the first injected noise is not z."""
+    run = tiny_run("sdxl", tmp_path_factory, "backbone.generator_times=[1.0,0.75,0.5,0.25]", "backbone.generator_renoise=fresh", "train.steps=2")
+    info = json.loads((run / "export" / "sampling.json").read_text())
+    assert info["call"]["timesteps"] == [999, 749, 499, 249] and info["scheduler"] == "LCMScheduler"
+    torch.testing.assert_close(didr_images(run, seed=11), stock_images(run, seed=11), rtol=0, atol=1e-5)
+    stream = torch.Generator().manual_seed(11)
+    z = torch.randn(2, 4, 8, 8, generator=stream)
+    assert not torch.equal(torch.randn(2, 4, 8, 8, generator=stream), z)  # the stream goes on: the noise between steps is new
 
-    transformer = ZImageTransformer2DModel.from_pretrained(zimage_run / "export" / "transformer")
-    pipe = ZImagePipeline.from_pretrained(zimage_run / "tiny" / "zimage", transformer=transformer)
-    gen, info = rebuilt_generator(zimage_run, "zimage")
-    assert len(info["times"]) == 2 and info["sigmas"][0] == pytest.approx(1.0)
-    z = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
-    caps = pipe.encode_prompt("a photo of a cat", do_classifier_free_guidance=False, max_sequence_length=32)[0]
-    latents = pipe(prompt_embeds=caps, sigmas=info["sigmas"], num_inference_steps=len(info["sigmas"]), guidance_scale=0.0, latents=z.clone(),
-                   height=16, width=16, output_type="latent").images
-    with torch.no_grad():
-        ours = gen(z, {"cap_feats": caps})
-    torch.testing.assert_close(latents, ours, rtol=1e-3, atol=1e-3)
-    image = pipe(prompt_embeds=caps, sigmas=info["sigmas"], num_inference_steps=2, guidance_scale=0.0, height=16, width=16, output_type="pt").images
-    assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
+
+def test_the_kohya_lora_loads_into_the_stock_pipeline_and_matches_the_diffusers_one(sdxl_run):
+    from didr.testing.tiny import tiny_sdxl_cond
+
+    x, t, cond = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([399, 399]), tiny_sdxl_cond(2, torch.Generator().manual_seed(1))
+
+    def unet_out(lora):
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(sdxl_run / "tiny" / "sdxl")
+        if lora is not None:
+            pipe.load_lora_weights(lora)
+        with torch.no_grad():
+            return pipe.unet(x, t, cond["encoder_hidden_states"], added_cond_kwargs={k: cond[k] for k in ("text_embeds", "time_ids")}).sample
+
+    kohya, plain, base = unet_out(sdxl_run / "export" / "lora_kohya.safetensors"), unet_out(sdxl_run / "export" / "lora"), unet_out(None)
+    assert (plain - base).abs().max() > 1e-5  # the LoRA changes the UNet
+    torch.testing.assert_close(kohya, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_reference_guidance_defaults_per_backbone(tmp_path, sdxl_run):
@@ -124,10 +132,10 @@ def start(config: Path, out: Path):
 
 def test_missing_weights_name_what_was_expected(tmp_path, sdxl_run):
     cfg = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=str(tmp_path / "nowhere"))
-    with pytest.raises(ModelLoadError, match=r"nowhere/unet does not exist \(expected a diffusers unet folder\)"):
+    with pytest.raises(ModelLoadError, match=r"backbone.pretrained: .*nowhere does not exist \(expected a folder holding model_index.json\)"):
         start(cfg, tmp_path / "out")
     cfg = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=str(sdxl_run / "tiny" / "sdxl"), generator_weights=str(tmp_path / "dmd2.bin"))
-    with pytest.raises(ModelLoadError, match="generator_weights.*dmd2.bin does not exist.*state-dict file"):
+    with pytest.raises(ModelLoadError, match="generator_weights: .*dmd2.bin does not exist"):
         start(cfg, tmp_path / "out")
     cfg = run_config("tiny-zimage.yaml", tmp_path, tiny=False, pretrained="nobody/no-such-model")
     with pytest.raises(ModelLoadError, match="nobody/no-such-model"):
@@ -144,7 +152,7 @@ def test_backbone_mismatches_stop_before_training(tmp_path, sdxl_run):
         start(run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src, kind="sd"), tmp_path / "out")
     wide = UNet2DConditionModel(**{**tiny_sdxl_unet().config, "in_channels": 8})
     wide.save_pretrained(tmp_path / "wide")
-    with pytest.raises(ConfigError, match="generator unet takes 8 latent channels but the VAE makes 4"):
+    with pytest.raises(ConfigError, match="generator unet takes 8 input channels but the VAE's latents give 4"):
         start(run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src, generator=str(tmp_path / "wide")), tmp_path / "out")
     plain = UNet2DConditionModel(**{**tiny_sdxl_unet().config, "addition_embed_type": None})
     plain.save_pretrained(tmp_path / "plain")
@@ -282,7 +290,12 @@ def test_a_released_lora_starts_the_generator(tmp_path, sdxl_run):
     cfg = run_config("tiny-sdxl.yaml", tmp_path, tiny=False, pretrained=src, generator_lora_rank=0, generator_lora=str(sdxl_run / "export" / "lora"))
     t2i = start(cfg, tmp_path / "out")
     assert t2i.generator.denoiser.net is t2i.pipe.net and t2i.generator.denoiser.adapter == "generator"
-    exported, _ = rebuilt_generator(sdxl_run, "sdxl")
+    from didr.models.generators import StepGenerator
+    from didr.models.sample import Sampler, load_run
+
+    cfg_run, info = load_run(sdxl_run)
+    sampler = Sampler(cfg_run, sdxl_run / "export")
+    exported = StepGenerator(sampler.denoiser(1), info["times"]).eval()
     z, cond = t2i.sample_inputs(2, torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(t2i.generator(z, cond), exported(z, cond), rtol=1e-4, atol=1e-4)

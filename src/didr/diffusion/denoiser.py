@@ -8,7 +8,7 @@ convention it was trained with. Each adapter overrides one method, ``to_x0``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -166,12 +166,15 @@ class GuidedDenoiser(Denoiser):
     """Classifier-free guidance (M4). Scores are affine in D (M3), so guiding D with scale w is
     guiding the score: D~ = D(x | null) + w (D(x | c) - D(x | null)).
 
-    ``null_cond`` builds the unconditional input from a conditional one.
+    ``null_cond`` builds the unconditional input from a conditional one. ``rescale``, where a
+    backbone's pipeline renormalises its guided prediction (Z-Image's ``cfg_normalization``,
+    Qwen-Image's true CFG), maps (x_t, s(t), guided D, conditional D) to the rescaled guided D, in
+    whatever space the pipeline rescales; guidance is then no longer affine in the score.
     """
 
-    def __init__(self, base: Denoiser, scale: float, null_cond):
+    def __init__(self, base: Denoiser, scale: float, null_cond, rescale: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor] | None = None):
         super().__init__(base.schedule)
-        self.base, self.scale, self.null_cond = base, float(scale), null_cond
+        self.base, self.scale, self.null_cond, self.rescale = base, float(scale), null_cond, rescale
 
     def forward(self, x_t, t, cond=None):
         if cond is None or self.scale == 1.0:
@@ -179,7 +182,10 @@ class GuidedDenoiser(Denoiser):
         t = per_sample_time(t, x_t)
         both = self.base(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_cond(self.null_cond(cond), cond))
         uncond, conditional = both.chunk(2)
-        return uncond + self.scale * (conditional - uncond)
+        guided = uncond + self.scale * (conditional - uncond)
+        if self.rescale is None:
+            return guided
+        return self.rescale(x_t, broadcast_to(self.schedule.sigma(t), x_t), guided, conditional)
 
 
 def concat_cond(a: Any, b: Any) -> Any:

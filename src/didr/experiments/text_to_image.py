@@ -20,26 +20,32 @@ import torch
 from torch import nn
 
 from didr.diffusion.denoiser import GuidedDenoiser
-from didr.errors import ConfigError
+from didr.diffusion.schedules import NoiseSchedule
+from didr.errors import ConfigError, ModelLoadError
+from didr.hub import is_local
 from didr.models.backbones import make_denoiser, schedule_from_scheduler
 from didr.models.decode import LatentReward, VaeDecoder
 from didr.models.export import export_generator
 from didr.models.generators import StepGenerator, generator_times
 from didr.models.lora import FrozenCopy, add_lora, frozen_initial
 from didr.models.pipeline import (
+    AnyScheduler,
     BackboneConfig,
     Pipeline,
     add_generator_adapter,
     build_prompts,
     check_compatible,
+    check_lora_targets,
+    check_references,
     latent_shape,
+    load_component,
     load_generator_net,
     load_pipeline,
 )
 from didr.models.shared import SharedDenoiser, enable_checkpointing
-from didr.models.text import PromptSet
+from didr.models.text import PromptSet, load_prompts
 from didr.objectives.config import build_objective
-from didr.rewards.registry import load_reward
+from didr.rewards.registry import load_reward, parse_reward_spec
 from didr.runtime import is_main_process, resolve_device
 from didr.testing.tiny import TINY_BUILDERS, build_once, save_tiny_clip
 from didr.train.distributed import requested_sharding
@@ -75,6 +81,7 @@ class TextToImage:
     reward: LatentReward
     latent_shape: tuple[int, int, int]
     device: torch.device
+    schedule: NoiseSchedule  # the reference's (M1): the noise levels the objective compares scores at
 
     def sample_inputs(self, n: int, generator: torch.Generator | None = None):
         z = torch.randn(n, *self.latent_shape, generator=generator).to(self.device)
@@ -95,41 +102,75 @@ def check_sharing_under_fsdp(cfg: BackboneConfig) -> None:
                           "set backbone.ta_lora_rank=0")
 
 
+def check_before_writing(cfg: BackboneConfig) -> None:
+    """What can be checked before any file is written: every weight reference, the prompt file,
+    the reward spec and the sharding."""
+    check_references(cfg)
+    if cfg.prompts:
+        load_prompts(cfg.prompts)
+    if cfg.reward != "tiny-clip":
+        parse_reward_spec(cfg.reward)
+    check_sharing_under_fsdp(cfg)
+
+
+def generator_scheduler(cfg: BackboneConfig, pipe: Pipeline):
+    """The generator's own scheduler: its pipeline's when ``backbone.generator`` names one (Z-Image-
+    Turbo's shift 3 is not the base model's), else the reference's."""
+    if cfg.generator and not cfg.generator_subfolder and (not is_local(cfg.generator) or Path(cfg.generator, "scheduler").is_dir()):
+        try:
+            return load_component(AnyScheduler, cfg.generator, "scheduler", "backbone.generator (scheduler)")
+        except ModelLoadError:
+            if is_local(cfg.generator):
+                raise
+    return pipe.scheduler
+
+
 def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
-    """Load, check and wire the models of a text-to-image run (no training step yet)."""
+    """Load, check and wire the models of a text-to-image run (no training step yet). Every check
+    runs before anything is written under ``out_dir`` but the tiny models it was asked to build."""
+    check_before_writing(cfg)
     if cfg.tiny:
         cfg = prepare_tiny(cfg, out_dir)
-    check_sharing_under_fsdp(cfg)
-    device = resolve_device(cfg.device)
+    device, bb = resolve_device(cfg.device), cfg.backbone
     pipe = load_pipeline(cfg, device)
     gen_net = pipe.net if cfg.shares_reference else load_generator_net(cfg, pipe.net, device)
-    prompts = build_prompts(cfg, pipe, Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "text_cache")
+    prompts, save_prompt_cache = build_prompts(cfg, pipe, Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "text_cache")
     check_compatible(cfg, pipe, gen_net, prompts.rows)
-    shape = latent_shape(cfg, pipe)
+    shape = latent_shape(cfg, pipe.vae)
     pipe.encoder = None  # the embeddings are cached: the text encoders are no longer needed
 
-    schedule = schedule_from_scheduler(pipe.scheduler, cfg.backbone.family.name)
+    tokens = bb.tokens(shape)
+    schedule = schedule_from_scheduler(pipe.scheduler, bb.family.name, tokens)
+    gen_schedule = schedule_from_scheduler(generator_scheduler(cfg, pipe), bb.family.name, tokens, cfg.generator_steps)
     pred = getattr(pipe.scheduler.config, "prediction_type", "epsilon") or "epsilon"
     # a full-copy TA is copied before any adapter joins the reference
     ta_copy = None if cfg.ta_lora_rank else copy.deepcopy(pipe.net).float().requires_grad_(True)
     nets = [n for n in (pipe.net, None if gen_net is pipe.net else gen_net, ta_copy) if n is not None]
     add_generator_adapter(cfg, gen_net)
     if cfg.ta_lora_rank:
+        check_lora_targets(pipe.net, cfg.lora_targets)
         add_lora(pipe.net, cfg.ta_lora_rank, "ta", cfg.lora_targets)  # shares the frozen base
     if cfg.gradient_checkpointing:
         for net in nets:
             enable_checkpointing(net)  # block by block, safe when roles switch adapters on one network
-    den = lambda net: make_denoiser(net, schedule, cfg.backbone.family.name, pred, cfg.autocast)  # noqa: E731
+
+    def den(net, sched=schedule):
+        d = make_denoiser(net, sched, bb.family.name, pred, cfg.autocast)
+        d.guidance = cfg.distilled_guidance  # read by networks with a guidance input (FLUX.1-dev)
+        return d
+
     base = den(pipe.net)
     ta = SharedDenoiser(base, "ta") if ta_copy is None else den(ta_copy)
     base_ref = SharedDenoiser(base, None)
-    reference = GuidedDenoiser(base_ref, cfg.guidance, prompts.null_cond) if cfg.guidance != 1.0 else base_ref
-    times = generator_times(schedule, cfg.generator_t, cfg.generator_steps, cfg.generator_times)
-    gen_den = SharedDenoiser(base, "generator") if gen_net is pipe.net else den(gen_net)
+    reference = GuidedDenoiser(base_ref, cfg.guidance, prompts.null_cond, bb.guidance_rescale(cfg)) if cfg.guidance != 1.0 else base_ref
+    times = generator_times(gen_schedule, cfg.generator_t, cfg.generator_steps, cfg.generator_times)
+    gen_den = SharedDenoiser(den(pipe.net, gen_schedule), "generator") if gen_net is pipe.net else den(gen_net, gen_schedule)
     generator = StepGenerator(gen_den, times, checkpoint=cfg.gradient_checkpointing, renoise=cfg.generator_renoise)
-    decoder = VaeDecoder(pipe.vae, cfg.decode_micro_batch, cfg.decode_checkpoint, cfg.decode_downscale)
+    decoder = VaeDecoder(pipe.vae, cfg.decode_micro_batch, cfg.decode_checkpoint, cfg.decode_downscale, decode=bb.decode)
     reward = LatentReward(load_reward(reward_spec(cfg, out_dir), device=device), decoder)
-    return TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device)
+    if is_main_process():
+        save_prompt_cache()
+    return TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device, schedule)
 
 
 def build_run_objective(run_cfg, t2i: TextToImage):
@@ -140,7 +181,7 @@ def build_run_objective(run_cfg, t2i: TextToImage):
     initial = None
     if run_cfg.method.needs_initial_generator:
         initial = FrozenCopy(t2i.generator) if t2i.cfg.generator_lora else frozen_initial(t2i.generator)
-    return build_objective(run_cfg.method, t2i.generator.schedule, t2i.reward, initial_generator=initial)
+    return build_objective(run_cfg.method, t2i.schedule, t2i.reward, initial_generator=initial)
 
 
 def run_text_to_image(run_cfg, out_dir: Path) -> dict:

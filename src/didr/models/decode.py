@@ -9,29 +9,39 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 
+def vae_dtype(vae: nn.Module) -> torch.dtype:
+    return next(vae.parameters()).dtype
+
+
+def scaled_decode(vae: nn.Module, z: Tensor) -> Tensor:
+    """``vae.decode(z / scaling_factor + shift_factor)``: undoes the pipelines' latent normalisation
+    (SD, SDXL, SD3, FLUX.1, Z-Image)."""
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    return vae.decode((z / float(vae.config.scaling_factor) + shift).to(vae_dtype(vae)), return_dict=False)[0]
+
+
 class VaeDecoder(nn.Module):
     """Differentiable latent -> image decode, images in [-1, 1].
 
-    ``latents / scaling_factor + shift_factor`` undoes the pipelines' latent normalisation. Memory
-    bounds: ``micro_batch`` decodes that many latents at a time; ``checkpoint`` recomputes the
+    ``decode(vae, latents)`` is the backbone's own map from its float32 latents to images (by
+    default :func:`scaled_decode`), run in the VAE's dtype; the images come back in float32.
+    Memory bounds: ``micro_batch`` decodes that many latents at a time; ``checkpoint`` recomputes the
     decoder's activations in the backward pass, block by block where the VAE supports diffusers'
     gradient checkpointing (the peak is then one block's, not the whole decode's), else per micro-batch;
     ``downscale`` > 1 decodes latents bilinearly shrunk by that factor (smaller images, for
     rewards that resize to 224 px anyway).
     """
 
-    def __init__(self, vae: nn.Module, micro_batch: int = 0, checkpoint: bool = False, downscale: float = 1.0):
+    def __init__(self, vae: nn.Module, micro_batch: int = 0, checkpoint: bool = False, downscale: float = 1.0,
+                 decode: Callable[[nn.Module, Tensor], Tensor] = scaled_decode):
         super().__init__()
-        self.vae, self.micro_batch, self.checkpoint, self.downscale = vae, micro_batch, checkpoint, downscale
+        self.vae, self.micro_batch, self.checkpoint, self.downscale, self.decode = vae, micro_batch, checkpoint, downscale, decode
         self.per_block = checkpoint and getattr(vae, "_supports_gradient_checkpointing", False)
         if self.per_block:
             vae.enable_gradient_checkpointing()
-        self.scaling = float(vae.config.scaling_factor)
-        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
     def _decode(self, z: Tensor) -> Tensor:
-        dtype = next(self.vae.parameters()).dtype
-        return self.vae.decode((z / self.scaling + self.shift).to(dtype), return_dict=False)[0].float()
+        return self.decode(self.vae, z).float()
 
     def forward(self, latents: Tensor) -> Tensor:
         if self.downscale > 1:

@@ -62,30 +62,33 @@ class StepGenerator(nn.Module):
     def steps(self) -> int:
         return len(self.times)
 
-    def forward(self, z: Tensor, cond: Any = None) -> Tensor:
+    def forward(self, z: Tensor, cond: Any = None, noise: torch.Generator | None = None) -> Tensor:
         if self.training and self.steps > 1 and not self.unrolled:
             return self.train_one_step(z, cond)
-        return self.sample(z, cond)
+        return self.sample(z, cond, noise)
 
-    def sample(self, z: Tensor, cond: Any = None) -> Tensor:
-        """Every step from z; gradients flow through all of them when enabled."""
+    def sample(self, z: Tensor, cond: Any = None, noise: torch.Generator | None = None) -> Tensor:
+        """Every step from z; gradients flow through all of them when enabled. ``noise``: the stream
+        that ``fresh`` re-noising draws from, as a stock pipeline's ``generator`` (which drew z
+        first); None: the global one."""
         x = z
         for t, t_next in zip(self.times, self.times[1:] + [0.0]):
             tt, tn = torch.tensor(t, device=z.device), torch.tensor(t_next, device=z.device)
-            if self.checkpoint and torch.is_grad_enabled() and self.steps > 1:
+            if self.checkpoint and torch.is_grad_enabled() and self.steps > 1 and noise is None:  # a recomputed step would redraw from `noise`
                 x = grad_checkpoint(self.step, x, tt, tn, cond, use_reentrant=False)
             else:
-                x = self.step(x, tt, tn, cond)
+                x = self.step(x, tt, tn, cond, noise)
         return x
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, cond: Any = None) -> Tensor:
+    def step(self, x: Tensor, t: Tensor, t_next: Tensor, cond: Any = None, noise: torch.Generator | None = None) -> Tensor:
         """x0 = D(x, t), moved to ``t_next`` by the ``renoise`` rule (x0 itself at t_next = 0)."""
         if self.renoise == "ddim":
             return ddim_step(self.denoiser, x, t, t_next, cond)[0]
         x0 = self.denoiser(x, t.expand(x.shape[0]), cond)
         if float(t_next) <= 0:
             return x0
-        return self.schedule.add_noise(x0, t_next.expand(x.shape[0]), torch.randn_like(x0))
+        eps = torch.randn(x0.shape, generator=noise, dtype=x0.dtype, device=noise.device if noise is not None else x0.device).to(x0.device)
+        return self.schedule.add_noise(x0, t_next.expand(x.shape[0]), eps)
 
     def train_one_step(self, z: Tensor, cond: Any = None) -> Tensor:
         """DMD2's backward simulation: step k's prediction from the state its first k steps reach."""

@@ -12,18 +12,19 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from didr.config import require
 from didr.errors import ConfigError, ModelLoadError
-from didr.hub import is_local, load_state_dict, load_strict
+from didr.hub import check_folder_ref, describe_ref, is_local, load_state_dict, load_strict, resolve_weight_file, split_file_ref
 from didr.models.backbones import AUTOCAST_DTYPES, BACKBONES, Backbone, backbone
+from didr.models.export import FROZEN_MODES
 from didr.models.generators import RENOISE
 from didr.models.lora import DEFAULT_TARGETS, adapter_rank, add_lora, load_lora
-from didr.models.text import PromptSet, encode_cached, load_prompts
+from didr.models.text import PromptSet, encode, load_cached, load_prompts, save_cached
 from didr.runtime import DTYPES
 
 
@@ -31,12 +32,12 @@ from didr.runtime import DTYPES
 class BackboneConfig:
     """The ``backbone`` section: which diffusers models, prompts and reward, and how to fit them in memory."""
 
-    kind: str = "sdxl"  # sdxl | sd | zimage (didr.models.backbones)
+    kind: str = "sdxl"  # sdxl | sd | zimage | sd3 | flux | flux2 | qwenimage (didr.models.backbones)
     pretrained: str = ""  # reference pipeline: a diffusers folder or hub id (unet|transformer, vae, text encoders, scheduler)
     tiny: bool = False  # build a tiny random pipeline (and tiny CLIP reward) under OUT/tiny and load it from there
     generator: str | None = None  # generator network: diffusers folder/hub id (e.g. Z-Image-Turbo), None = the reference's
     generator_subfolder: str | None = None  # default: "unet" or "transformer" when `generator` is a pipeline folder
-    generator_weights: str | None = None  # a state-dict file loaded into the generator (DMD2's dmd2_sdxl_1step_unet_fp16.bin)
+    generator_weights: str | None = None  # a state-dict file: a path or org/name:file (DMD2's tianweiy/DMD2:dmd2_sdxl_1step_unet_fp16.bin)
     generator_t: float = 1.0  # first generator time in (0, 1]; DMD2's timestep 399 is t = (399 + 1) / 1000 = 0.4
     generator_steps: int = 1  # 1 = one-step; 4 = the paper's 4-step Z-Image (trained by DMD2's backward simulation)
     generator_renoise: str = "ddim"  # between steps: ddim (deterministic; ZImagePipeline's Euler) | fresh (new noise: DMD2, LCMScheduler)
@@ -45,11 +46,13 @@ class BackboneConfig:
     prompt_list: list[str] = field(default_factory=list)  # inline prompts, used when `prompts` is empty
     negative_prompt: str = ""
     cfg_scale: float | None = None  # reference CFG scale w of (M4); None = the backbone's default
+    cfg_normalization: float = 0.0  # Z-Image: the guided velocity's norm at most this times the conditional one's (0 = off)
+    distilled_guidance: float = 3.5  # the guidance input of guidance-distilled networks (FLUX.1-dev); ignored by others
     reward: str = "pickscore"  # a reward spec (didr.rewards.registry); "tiny-clip" = a tiny random PickScore-style CLIP
     resolution: int = 1024  # image side in pixels
-    max_sequence_length: int = 512  # Z-Image's text length
+    max_sequence_length: int = 512  # the text encoder's length (Z-Image, SD3, FLUX, Qwen-Image)
     generator_lora_rank: int = 0  # 0 = full fine-tuning
-    generator_lora: str | None = None  # LoRA weights that start the generator (DMD2's released SDXL LoRA); rank from the file
+    generator_lora: str | None = None  # LoRA weights that start the generator: a path, org/name or org/name:file; rank from the file
     share_base: bool = True  # a LoRA generator over the reference itself holds no copy: one frozen base, an adapter per role
     ta_lora_rank: int = 0  # 0 = the TA is a full copy of the reference; > 0 = a LoRA on the shared frozen reference
     lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
@@ -62,6 +65,7 @@ class BackboneConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache_dir: str | None = None  # text-embedding cache, default OUT/text_cache
     export_lora: bool = True  # also save the generator's LoRA weights (when it has them)
+    export_frozen: str = "copy"  # the export's VAE and text encoders: copy (self-contained) | link (to the base's files) | network (none: load into the base)
 
     def validate(self, path: str = "backbone") -> None:
         require(self.kind in BACKBONES, f"{path}.kind", f"must be one of {', '.join(BACKBONES)}, got {self.kind!r}")
@@ -78,6 +82,17 @@ class BackboneConfig:
         require(self.autocast in AUTOCAST_DTYPES, f"{path}.autocast", f"must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
         require(self.decode_downscale >= 1, f"{path}.decode_downscale", f"must be >= 1, got {self.decode_downscale}")
         require(self.cfg_scale is None or self.cfg_scale >= 0, f"{path}.cfg_scale", f"must be >= 0, got {self.cfg_scale}")
+        require(self.export_frozen in FROZEN_MODES, f"{path}.export_frozen", f"must be one of {', '.join(FROZEN_MODES)}, got {self.export_frozen!r}")
+        require(self.cfg_normalization >= 0, f"{path}.cfg_normalization", f"must be >= 0, got {self.cfg_normalization}")
+        require(self.max_sequence_length >= 1, f"{path}.max_sequence_length", f"must be >= 1, got {self.max_sequence_length}")
+        if self.backbone.distilled_guidance:
+            require(not self.negative_prompt, f"{path}.negative_prompt", f"{self.kind} is guidance-distilled: it takes no negative prompt")
+            require(self.cfg_scale in (None, 1.0), f"{path}.cfg_scale", f"{self.kind} is guidance-distilled: its guidance is "
+                    f"backbone.distilled_guidance, not CFG (leave cfg_scale unset)")
+        require(self.generator_renoise == "ddim" or not self.backbone.family.flow, f"{path}.generator_renoise",
+                f"fresh noise between steps is for the UNet backbones: the {self.backbone.pipeline_class} does not hand its generator to its "
+                "scheduler, so its images could not be reproduced from a seed; flow backbones step deterministically (ddim, Euler)")
+        require(not self.cfg_normalization or self.kind == "zimage", f"{path}.cfg_normalization", "is Z-Image's option; other backbones do not take it")
 
     @property
     def backbone(self) -> Backbone:
@@ -111,7 +126,7 @@ def load_component(cls: Any, source: str, subfolder: str | None, what: str, **kw
         return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
     except (OSError, ValueError, EnvironmentError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ModelLoadError(f"{what}: cannot load {cls.__name__} from {where!r} ({first})") from err
+        raise ModelLoadError(f"{what}: cannot load {cls.__name__} from {describe_ref(source)}{f' ({subfolder})' if subfolder else ''}: {first}") from err
 
 
 class AnyScheduler:
@@ -137,20 +152,26 @@ class Pipeline:
 
 
 def load_text_encoder(cfg: BackboneConfig, device: torch.device, dtype: torch.dtype):
-    """The backbone's text encoder(s) and tokenizer(s) from the reference pipeline's folder."""
+    """The backbone's text encoder(s) and tokenizer(s) from the reference pipeline's folder:
+    ``load(cls, subfolder)`` loads one component; ``load(None, **components)`` the stock pipeline
+    itself, with the given components (the network, the VAE) left out."""
 
-    def load(cls, sub):
+    def load(cls, sub=None, **kwargs):
+        if cls is None:
+            pipeline = cfg.backbone.pipeline_cls()
+            return load_component(pipeline, cfg.pretrained, None, f"backbone.pretrained ({cfg.backbone.pipeline_class}'s text encoders)",
+                                  torch_dtype=dtype, **kwargs)
         return load_component(cls, cfg.pretrained, sub, f"backbone.pretrained ({sub})", **({} if "token" in sub else {"dtype": dtype}))
 
     return cfg.backbone.text_encoder(load, cfg, device, dtype)
 
 
 def load_pipeline(cfg: BackboneConfig, device: torch.device) -> Pipeline:
-    from diffusers import AutoencoderKL
+    from diffusers import AutoModel
 
     dtype, src, bb = DTYPES[cfg.dtype], cfg.pretrained, cfg.backbone
     net = load_component(bb.network_cls(), src, bb.network, f"backbone.pretrained ({cfg.kind} {bb.network})", torch_dtype=dtype)
-    vae = load_component(AutoencoderKL, src, "vae", "backbone.pretrained (vae)", torch_dtype=dtype)
+    vae = load_component(AutoModel, src, "vae", "backbone.pretrained (vae)", torch_dtype=dtype)
     scheduler = load_component(AnyScheduler, src, "scheduler", "backbone.pretrained (scheduler)")
     encoder = load_text_encoder(cfg, device, dtype)
     for m in (net, vae):
@@ -171,9 +192,7 @@ def load_generator_net(cfg: BackboneConfig, reference_net: nn.Module, device: to
     else:
         net = copy.deepcopy(reference_net).to(dtype)
     if cfg.generator_weights:
-        path = Path(cfg.generator_weights).expanduser()
-        if not path.is_file():
-            raise ModelLoadError(f"backbone.generator_weights: {path} does not exist (expected a state-dict file, e.g. dmd2_sdxl_1step_unet_fp16.bin)")
+        path = resolve_weight_file(cfg.generator_weights, "backbone.generator_weights")
         state = {k: v.to(dtype) for k, v in load_state_dict(path, "backbone.generator_weights").items()}
         load_strict(net, state, "backbone.generator_weights", path)
     return net.requires_grad_(True).to(device).train()
@@ -183,43 +202,87 @@ def add_generator_adapter(cfg: BackboneConfig, net: nn.Module) -> None:
     """The generator's LoRA adapter: loaded from ``generator_lora`` (its rank from the file), or a
     fresh one of rank ``generator_lora_rank``; none for full fine-tuning."""
     if cfg.generator_lora:
-        load_lora(net, cfg.backbone, cfg.generator_lora, "generator")
+        repo, file = split_file_ref(cfg.generator_lora)
+        source = str(resolve_weight_file(cfg.generator_lora, "backbone.generator_lora")) if file else cfg.generator_lora
+        load_lora(net, cfg.backbone, source, "generator")
         rank = adapter_rank(net, "generator")
         if cfg.generator_lora_rank and cfg.generator_lora_rank != rank:
             raise ConfigError(f"backbone.generator_lora_rank: {cfg.generator_lora_rank}, but {cfg.generator_lora} has rank {rank} (leave it 0)")
     elif cfg.generator_lora_rank:
+        check_lora_targets(net, cfg.lora_targets)
         add_lora(net, cfg.generator_lora_rank, "generator", cfg.lora_targets)
 
 
 # ---------------------------------------------------------------- start-up checks
 
+def check_references(cfg: BackboneConfig) -> None:
+    """Every weight reference of the section resolves (locally, from the hub cache, or from the hub
+    when it is reachable), read before any file is written; a missing one is named."""
+    if not cfg.tiny:
+        check_folder_ref(cfg.pretrained, "backbone.pretrained", "model_index.json")
+    if cfg.generator:
+        marker = f"{cfg.generator_subfolder}/config.json" if cfg.generator_subfolder else None
+        try:
+            check_folder_ref(cfg.generator, "backbone.generator", marker or "model_index.json")
+        except ModelLoadError:
+            if marker is not None:
+                raise
+            check_folder_ref(cfg.generator, "backbone.generator", "config.json")  # a network folder rather than a pipeline
+    if cfg.generator_weights:
+        resolve_weight_file(cfg.generator_weights, "backbone.generator_weights")
+    if cfg.generator_lora:
+        repo, file = split_file_ref(cfg.generator_lora)
+        if file or is_local(cfg.generator_lora):
+            resolve_weight_file(cfg.generator_lora, "backbone.generator_lora", ["pytorch_lora_weights.safetensors"])
+        else:
+            check_folder_ref(cfg.generator_lora, "backbone.generator_lora", "pytorch_lora_weights.safetensors")
+
+
+def check_lora_targets(net: nn.Module, targets: list[str]) -> None:
+    """Every LoRA target names modules of the network (peft would refuse with a page of text)."""
+    names = [n for n, _ in net.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ConfigError(f"backbone.lora_targets: {', '.join(missing)} name no module of the {type(net).__name__} "
+                          f"(its attention projections are e.g. {', '.join(sorted({n.rsplit('.', 1)[-1] for n in names if 'attn' in n})[:6])})")
+
+
 def check_compatible(cfg: BackboneConfig, pipe: Pipeline, gen_net: nn.Module, rows: list[dict]) -> None:
-    """Backbone / config mismatches, caught before any training step: latent channels, and the
-    family's own text conditioning (SDXL's text_time conditions, text-embedding widths)."""
-    latent = pipe.vae.config.latent_channels
+    """Backbone / config mismatches, caught before any training step: the latents' channels (as the
+    network sees them: 2x2-packed for FLUX and Qwen-Image), and the family's own text conditioning
+    (SDXL's text_time conditions, text-embedding widths)."""
+    channels = latent_shape(cfg, pipe.vae)[0] * cfg.backbone.packed_channels
     for name, net in (("reference", pipe.net), ("generator", gen_net)):
         c = net.config
-        if c.in_channels != latent:
-            raise ConfigError(f"backbone: the {name} {cfg.network} takes {c.in_channels} latent channels but the VAE makes {latent}")
+        if c.in_channels != channels:
+            raise ConfigError(f"backbone: the {name} {cfg.network} takes {c.in_channels} input channels but the VAE's latents give {channels}")
         cfg.backbone.check(cfg, name, c, rows[0])
 
 
-def latent_shape(cfg: BackboneConfig, pipe: Pipeline) -> tuple[int, int, int]:
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    multiple = factor * cfg.backbone.latent_multiple
+def latent_shape(cfg: BackboneConfig, vae) -> tuple[int, int, int]:
+    """The generator's sample shape (C, h, w) in the backbone's latents, at ``cfg.resolution``."""
+    multiple = cfg.backbone.latent_multiple(vae)
     if cfg.resolution % multiple:
         raise ConfigError(f"backbone.resolution: must be a multiple of {multiple} for this VAE, got {cfg.resolution}")
-    side = cfg.resolution // factor
-    return (pipe.vae.config.latent_channels, side, side)
+    return cfg.backbone.latent_shape(cfg, vae)
 
 
-def build_prompts(cfg: BackboneConfig, pipe: Pipeline, cache_dir: Path) -> PromptSet:
-    """The run's prompts, encoded once (cached under ``cache_dir``), with the null prompt for CFG."""
+def build_prompts(cfg: BackboneConfig, pipe: Pipeline, cache_dir: Path) -> tuple[PromptSet, Callable[[], None]]:
+    """The run's prompts, encoded once, with the null prompt for CFG: from the cache under
+    ``cache_dir`` when they are there, and a function that saves them there (called once the run
+    passed its start-up checks, so that a refused run writes nothing)."""
     prompts = load_prompts(cfg.prompts) if cfg.prompts else list(cfg.prompt_list)
     if not prompts:
         raise ConfigError("backbone.prompts: give a prompt file (.txt or .jsonl) or backbone.prompt_list")
-    rows = encode_cached(pipe.encoder, pipe.encoder_id, prompts, cache_dir)
-    null = encode_cached(pipe.encoder, pipe.encoder_id, [cfg.negative_prompt], cache_dir)[0]
+    sets = [(prompts, load_cached(pipe.encoder_id, prompts, cache_dir)), ([cfg.negative_prompt], load_cached(pipe.encoder_id, [cfg.negative_prompt], cache_dir))]
+    new = [i for i, (_, rows) in enumerate(sets) if rows is None]
+    sets = [(texts, encode(pipe.encoder, texts) if rows is None else rows) for texts, rows in sets]
+    (_, rows), (_, (null,)) = sets
     if cfg.backbone.zero_null_prompt and not cfg.negative_prompt:
         null = {k: torch.zeros_like(v) for k, v in null.items()}
-    return PromptSet(prompts, rows, null, cfg.backbone.shared_cond(cfg))
+
+    def save() -> None:
+        for i in new:
+            save_cached(pipe.encoder_id, *sets[i], cache_dir)
+
+    return PromptSet(prompts, rows, null, cfg.backbone.shared_cond(cfg)), save

@@ -98,6 +98,19 @@ class QwenTextEncoder:
         return [{"cap_feats": s[m].float().cpu()} for s, m in zip(states, mask)]
 
 
+class PipelineTextEncoder:
+    """A stock pipeline's own prompt encoding (its ``encode_prompt``), run by the pipeline loaded
+    with its text encoders alone; ``rows(pipe, prompts)`` turns its outputs into one dict per prompt.
+    Conditioning is then the stock pipeline's by construction (SD3, FLUX, Qwen-Image)."""
+
+    def __init__(self, pipe, rows):
+        self.pipe, self.rows = pipe, rows
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> list[dict[str, Tensor]]:
+        return [{k: v.float().cpu() for k, v in row.items()} for row in self.rows(self.pipe, list(prompts))]
+
+
 class SentenceEncoder:
     """A sentence-transformers model run with transformers alone: mean of the last hidden states
     over the unpadded tokens, then L2-normalised (all-MiniLM-L6-v2's Pooling and Normalize
@@ -139,24 +152,45 @@ def cache_key(encoder_id: str, prompts: list[str]) -> str:
     return hashlib.sha256(json.dumps([encoder_id, prompts]).encode()).hexdigest()[:16]
 
 
+def cache_path(encoder_id: str, prompts: list[str], cache_dir: str | Path | None) -> Path | None:
+    return Path(cache_dir) / f"{cache_key(encoder_id, prompts)}.safetensors" if cache_dir is not None else None
+
+
+def load_cached(encoder_id: str, prompts: list[str], cache_dir: str | Path | None) -> list[dict[str, Tensor]] | None:
+    """The cached embeddings of ``prompts`` by this encoder, or None."""
+    from safetensors.torch import load_file
+
+    path = cache_path(encoder_id, prompts, cache_dir)
+    if path is None or not path.is_file():
+        return None
+    rows: list[dict[str, Tensor]] = [{} for _ in prompts]
+    for key, value in load_file(str(path)).items():
+        index, _, name = key.partition(".")
+        rows[int(index)][name] = value
+    return rows
+
+
+def save_cached(encoder_id: str, prompts: list[str], rows: list[dict[str, Tensor]], cache_dir: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    path = cache_path(encoder_id, prompts, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # one per process: a launch's processes may race here
+    save_file({f"{i}.{k}": v.contiguous() for i, row in enumerate(rows) for k, v in row.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def encode(encoder, prompts: list[str], batch: int = 16) -> list[dict[str, Tensor]]:
+    return [row for lo in range(0, len(prompts), batch) for row in encoder(prompts[lo : lo + batch])]
+
+
 def encode_cached(encoder, encoder_id: str, prompts: list[str], cache_dir: str | Path | None, batch: int = 16) -> list[dict[str, Tensor]]:
     """``encoder(prompts)`` in batches, saved to / loaded from ``cache_dir/<key>.safetensors``."""
-    from safetensors.torch import load_file, save_file
-
-    path = Path(cache_dir) / f"{cache_key(encoder_id, prompts)}.safetensors" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        flat = load_file(str(path))
-        rows: list[dict[str, Tensor]] = [{} for _ in prompts]
-        for key, value in flat.items():
-            index, _, name = key.partition(".")
-            rows[int(index)][name] = value
-        return rows
-    rows = [row for lo in range(0, len(prompts), batch) for row in encoder(prompts[lo : lo + batch])]
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # one per process: a launch's processes may race here
-        save_file({f"{i}.{k}": v.contiguous() for i, row in enumerate(rows) for k, v in row.items()}, str(tmp))
-        tmp.replace(path)
+    rows = load_cached(encoder_id, prompts, cache_dir)
+    if rows is None:
+        rows = encode(encoder, prompts, batch)
+        if cache_dir is not None:
+            save_cached(encoder_id, prompts, rows, cache_dir)
     return rows
 
 
@@ -186,12 +220,16 @@ class PromptSet:
         return collate([self.null] * n, [""] * n, self.shared, device)
 
 
+#: conditioning fields whose length differs by prompt: batched as lists
+VARIABLE_LENGTH = ("cap_feats", "text_tokens")
+
+
 def collate(rows: list[dict[str, Tensor]], prompts: list[str], shared: dict[str, Tensor], device: Any = None) -> dict[str, Any]:
-    """Stack fixed-shape fields into (B, ...) tensors; per-prompt lengths (``cap_feats``) stay a list."""
+    """Stack fixed-shape fields into (B, ...) tensors; per-prompt lengths (``cap_feats``, ``text_tokens``) stay a list."""
     out: dict[str, Any] = {"prompts": list(prompts)}
     for key in rows[0]:
         values = [r[key].to(device) for r in rows]
-        out[key] = values if key == "cap_feats" else torch.stack(values)
+        out[key] = values if key in VARIABLE_LENGTH else torch.stack(values)
     for key, value in shared.items():
         out[key] = value.to(device).expand(len(rows), *value.shape)
     return out

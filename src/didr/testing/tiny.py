@@ -6,6 +6,9 @@ paths as real weights.
   text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/) with an SDXL-style ``text_time`` UNet.
 - :func:`save_tiny_zimage`: a ``ZImagePipeline`` folder (transformer/, vae/, text_encoder/ (Qwen3),
   tokenizer/, scheduler/).
+- :func:`save_tiny_sd`, :func:`save_tiny_sd3`, :func:`save_tiny_flux`, :func:`save_tiny_flux2`,
+  :func:`save_tiny_qwenimage`: the other backbones' pipeline folders, each with tiny text encoders
+  of its own kinds (CLIP, T5, Qwen3, Qwen2.5-VL) behind character-level tokenizers;
 - :func:`save_tiny_clip`: a transformers CLIP folder that ``pickscore:FOLDER`` loads.
 
 Sizes follow the configs measured to run in milliseconds on CPU; latents are 8x8, images 16x16.
@@ -142,7 +145,128 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-TINY_BUILDERS = {"sdxl": save_tiny_sdxl, "zimage": save_tiny_zimage}
+def _tokenizer(folder: Path, max_length: int = 77, chat: bool = False):
+    from transformers import CLIPTokenizer
+
+    save_char_tokenizer(folder / "_tok", max_length=max_length)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "_tok")
+    if chat:
+        tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _t5(width: int, vocab: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab, d_model=width, d_kv=8, d_ff=2 * width, num_layers=2, num_heads=width // 8)).eval()
+
+
+def _save(pipe, folder: Path) -> Path:
+    pipe.save_pretrained(folder)
+    shutil.rmtree(folder / "_tok", ignore_errors=True)
+    return folder
+
+
+def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
+    """A tiny random StableDiffusionPipeline folder (SD 1.x / SD-Turbo layout: one CLIP, no text_time)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = Path(folder)
+    tokenizer = _tokenizer(folder)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                attention_head_dim=(2, 4), cross_attention_dim=TEXT_WIDTH, norm_num_groups=8)
+    pipe = StableDiffusionPipeline(vae=tiny_vae(4), text_encoder=CLIPTextModel(_clip_text_config(len(tokenizer))).eval(), tokenizer=tokenizer,
+                                   unet=unet, scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                                               timestep_spacing="trailing"),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return _save(pipe, folder)
+
+
+def save_tiny_sd3(folder: Path, seed: int = 0) -> Path:
+    """A tiny random StableDiffusion3Pipeline folder: two projected CLIPs and a T5, an MMDiT on 16-channel latents."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    tokenizer = _tokenizer(folder)
+    torch.manual_seed(seed)
+    clips = [CLIPTextModelWithProjection(_clip_text_config(len(tokenizer), TEXT_WIDTH)).eval() for _ in range(2)]
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+                                        joint_attention_dim=2 * TEXT_WIDTH, caption_projection_dim=16, pooled_projection_dim=2 * TEXT_WIDTH, out_channels=16)
+    pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(16, flow=True), text_encoder=clips[0],
+                                    tokenizer=tokenizer, text_encoder_2=clips[1], tokenizer_2=tokenizer, text_encoder_3=_t5(2 * TEXT_WIDTH, len(tokenizer)),
+                                    tokenizer_3=tokenizer, transformer=transformer)
+    return _save(pipe, folder)
+
+
+def save_tiny_flux(folder: Path, seed: int = 0, guidance_embeds: bool = False) -> Path:
+    """A tiny random FluxPipeline folder: schnell's layout (no guidance input, fixed shift 1), or with
+    ``guidance_embeds`` dev's (a guidance input, resolution-dependent shift)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    folder = Path(folder)
+    tokenizer = _tokenizer(folder)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                         joint_attention_dim=TEXT_WIDTH, pooled_projection_dim=TEXT_WIDTH, guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6))
+    scheduler = (FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15) if guidance_embeds
+                 else FlowMatchEulerDiscreteScheduler(shift=1.0))
+    pipe = FluxPipeline(scheduler=scheduler, vae=tiny_vae(16, flow=True), text_encoder=CLIPTextModel(_clip_text_config(len(tokenizer))).eval(),
+                        tokenizer=tokenizer, text_encoder_2=_t5(TEXT_WIDTH, len(tokenizer)), tokenizer_2=tokenizer, transformer=transformer)
+    return _save(pipe, folder)
+
+
+def save_tiny_flux2(folder: Path, seed: int = 0, distilled: bool = True) -> Path:
+    """A tiny random Flux2KleinPipeline folder: a Qwen3 text encoder deep enough for the three hidden
+    layers the pipeline stacks (9, 18, 27), a batch-norm VAE, latents patchified 2x2."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    folder = Path(folder)
+    tokenizer = _tokenizer(folder, max_length=512, chat=True)
+    torch.manual_seed(seed)
+    text = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=28, num_attention_heads=2,
+                                        num_key_value_heads=2, head_dim=8)).eval()
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                          joint_attention_dim=48, timestep_guidance_channels=256, mlp_ratio=2.0, axes_dims_rope=(4, 4, 4, 4),
+                                          guidance_embeds=False)
+    vae = AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                             layers_per_block=1, latent_channels=16, norm_num_groups=8, sample_size=16)
+    with torch.no_grad():
+        vae.bn.running_mean.normal_(0, 0.1)
+        vae.bn.running_var.uniform_(0.5, 2.0)
+    pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True), vae=vae, text_encoder=text,
+                              tokenizer=tokenizer, transformer=transformer, is_distilled=distilled)
+    return _save(pipe, folder)
+
+
+def save_tiny_qwenimage(folder: Path, seed: int = 0) -> Path:
+    """A tiny random QwenImagePipeline folder: a Qwen2.5-VL text model, a one-frame Wan-style VAE."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    folder = Path(folder)
+    tokenizer = _tokenizer(folder, max_length=1024, chat=True)
+    torch.manual_seed(seed)
+    text = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}, bos_token_id=None, eos_token_id=None),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=TEXT_WIDTH))).eval()
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+                                              joint_attention_dim=TEXT_WIDTH, axes_dims_rope=(4, 6, 6))
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False])
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True), vae=vae, text_encoder=text,
+                             tokenizer=tokenizer, transformer=transformer)
+    return _save(pipe, folder)
+
+
+TINY_BUILDERS = {"sdxl": save_tiny_sdxl, "sd": save_tiny_sd, "zimage": save_tiny_zimage, "sd3": save_tiny_sd3, "flux": save_tiny_flux,
+                 "flux2": save_tiny_flux2, "qwenimage": save_tiny_qwenimage}
+
 
 
 def build_once(folder: Path, build, done: str) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from didr.diffusion.denoiser import EpsDenoiser, VDenoiser, X0Denoiser
 from didr.diffusion.schedules import NoiseSchedule, VPDiscreteSchedule
 from didr.errors import ConfigError
-from didr.models.backbones.base import Backbone, DiffusersCall, Family
+from didr.models.backbones.base import Backbone, DiffusersCall, Family, vae_factor
 from didr.models.text import ClipTextEncoder, sdxl_time_ids
 
 
@@ -49,12 +49,12 @@ def unet_denoiser(net, schedule: NoiseSchedule, prediction_type: str = "epsilon"
     return UNET_DENOISERS[prediction_type](net, schedule)
 
 
-UNET = Family("unet", unet_denoiser, VPDiscreteSchedule.from_diffusers)
+UNET = Family("unet", unet_denoiser, lambda scheduler, tokens=0, steps=0: VPDiscreteSchedule.from_diffusers(scheduler), flow=False)
 
 
-def unet_sampling(times: list[float], schedule: NoiseSchedule) -> dict:
-    """The scheduler's discrete timesteps, t = (n + 1) / N (DMD2's timestep 399 is t = 0.4)."""
-    return {"timesteps": [round(t * schedule.num_train_timesteps) - 1 for t in times]}
+def unet_call(cfg) -> dict:
+    """No CFG when the generator samples (guidance 0), at the run's size."""
+    return {"guidance_scale": 0.0, "height": cfg.resolution, "width": cfg.resolution}
 
 
 def sd_text_encoder(load, cfg, device, dtype):
@@ -94,8 +94,11 @@ def check_unet(kind: str):
     return check
 
 
-#: Stable Diffusion 1.x / 2.x: the pipeline's default guidance 7.5
-SD = Backbone("sd", UNET, "unet", "UNet2DConditionModel", "StableDiffusionPipeline", 7.5, sd_text_encoder, unet_sampling, check_unet("sd"))
-#: SDXL: DMD2's real-score guidance 8; every released SDXL zeroes the empty prompt's embedding
-SDXL = Backbone("sdxl", UNET, "unet", "UNet2DConditionModel", "StableDiffusionXLPipeline", 8.0, sdxl_text_encoder, unet_sampling, check_unet("sdxl"),
-                shared_cond=lambda cfg: {"time_ids": sdxl_time_ids(cfg.resolution, cfg.resolution)}, zero_null_prompt=True)
+#: the discrete timestep n is t = (n + 1) / N: DMD2's timestep 399 is t = 0.4
+UNET_PIPELINE = dict(family=UNET, network="unet", network_class="UNet2DConditionModel", times_argument="timesteps", call=unet_call,
+                     latent_multiple=vae_factor, kohya_lora=True)
+#: Stable Diffusion 1.x / 2.x (SD-Turbo): the pipeline's default guidance 7.5
+SD = Backbone("sd", pipeline_class="StableDiffusionPipeline", cfg_scale=7.5, text_encoder=sd_text_encoder, check=check_unet("sd"), **UNET_PIPELINE)
+#: SDXL (DMD2, SDXL-Turbo, SDXL-Lightning, Hyper-SD): DMD2's real-score guidance 8; every released SDXL zeroes the empty prompt's embedding
+SDXL = Backbone("sdxl", pipeline_class="StableDiffusionXLPipeline", cfg_scale=8.0, text_encoder=sdxl_text_encoder, check=check_unet("sdxl"),
+                shared_cond=lambda cfg: {"time_ids": sdxl_time_ids(cfg.resolution, cfg.resolution)}, zero_null_prompt=True, **UNET_PIPELINE)

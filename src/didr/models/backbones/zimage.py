@@ -7,12 +7,12 @@ w = 1 + g."""
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from didr.diffusion.denoiser import FlowDenoiser
 from didr.diffusion.schedules import NoiseSchedule
 from didr.errors import ConfigError
-from didr.models.backbones.base import Backbone, DiffusersCall, Family, flow_sampling, flow_schedule
+from didr.models.backbones.base import Backbone, DiffusersCall, Family, flow_schedule
 from didr.models.text import QwenTextEncoder
 
 
@@ -41,7 +41,26 @@ def check_caption_width(cfg, name: str, c, row: dict) -> None:
         raise ConfigError(f"backbone: the {name} transformer expects caption features of width {c.cap_feat_dim}, the text encoder gives {width}")
 
 
+def clamp_velocity_norm(limit: float):
+    """ZImagePipeline's ``cfg_normalization``: the guided velocity's norm, over the whole sample,
+    at most ``limit`` times the conditional one's. The flow velocity is (x_t - D) / s."""
+
+    def rescale(x_t: Tensor, s: Tensor, guided: Tensor, conditional: Tensor) -> Tensor:
+        v, v_cond = (x_t - guided) / s, (x_t - conditional) / s
+        dims = tuple(range(1, v.ndim))
+        most = limit * torch.linalg.vector_norm(v_cond, dim=dims, keepdim=True)
+        norm = torch.linalg.vector_norm(v, dim=dims, keepdim=True)
+        return x_t - s * torch.where(norm > most, v * (most / norm), v)
+
+    return rescale
+
+
+def zimage_call(cfg) -> dict:
+    """No CFG (guidance 0), the run's text length and size."""
+    return {"guidance_scale": 0.0, "max_sequence_length": cfg.max_sequence_length, "height": cfg.resolution, "width": cfg.resolution}
+
+
 ZIMAGE_FAMILY = Family("zimage", lambda net, schedule, prediction_type="flow": ZImageDenoiser(net, schedule), flow_schedule)
-#: the pipeline's default guidance 4, plus one: (M4)'s w = 1 + g
-ZIMAGE = Backbone("zimage", ZIMAGE_FAMILY, "transformer", "ZImageTransformer2DModel", "ZImagePipeline", 5.0, qwen_text_encoder, flow_sampling,
-                  check_caption_width, latent_multiple=2)  # Z-Image patchifies 2x2 latents
+#: the pipeline's default guidance 4, plus one: (M4)'s w = 1 + g; ``cfg_normalization`` as its model card sets it
+ZIMAGE = Backbone("zimage", ZIMAGE_FAMILY, "transformer", "ZImageTransformer2DModel", "ZImagePipeline", 5.0, qwen_text_encoder, call=zimage_call,
+                  check=check_caption_width, guidance_rescale=lambda cfg: clamp_velocity_norm(cfg.cfg_normalization) if cfg.cfg_normalization else None)
