@@ -80,7 +80,7 @@ class BackboneParity:
         for times in (self.one_step, self.few_step):
             theirs = self.stock_images(folder, sampler, times, renoise, seed=3)
             ours = self.ours(sampler, sampler.sample(PROMPTS, times, renoise, seed=3))
-            torch.testing.assert_close(ours, theirs, rtol=0, atol=ATOL, msg=lambda m: f"{self.kind} {times} {renoise}: {m}")
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=ATOL, msg=lambda m, times=times: f"{self.kind} {times} {renoise}: {m}")
 
     @pytest.mark.parametrize("guided", [False, True])
     def test_the_reference_x0_is_the_pipelines_prediction(self, folder, sampler, guided):
