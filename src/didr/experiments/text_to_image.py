@@ -45,7 +45,7 @@ from didr.models.pipeline import (
 from didr.models.shared import SharedDenoiser, enable_checkpointing
 from didr.models.text import PromptSet, load_prompts
 from didr.objectives.config import build_objective
-from didr.rewards.registry import load_reward, parse_reward_spec
+from didr.rewards.registry import check_reward_reference, load_reward
 from didr.runtime import is_main_process, resolve_device
 from didr.testing.tiny import TINY_BUILDERS, build_once, save_tiny_clip
 from didr.train.distributed import requested_sharding
@@ -106,10 +106,10 @@ def check_before_writing(cfg: BackboneConfig) -> None:
     """What can be checked before any file is written: every weight reference, the prompt file,
     the reward spec and the sharding."""
     check_references(cfg)
-    if cfg.prompts:
+    if not cfg.prompt_list:
         load_prompts(cfg.prompts)
     if cfg.reward != "tiny-clip":
-        parse_reward_spec(cfg.reward)
+        check_reward_reference(cfg.reward)
     check_sharing_under_fsdp(cfg)
 
 

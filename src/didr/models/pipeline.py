@@ -24,7 +24,7 @@ from didr.models.backbones import AUTOCAST_DTYPES, BACKBONES, Backbone, backbone
 from didr.models.export import FROZEN_MODES
 from didr.models.generators import RENOISE
 from didr.models.lora import DEFAULT_TARGETS, adapter_rank, add_lora, load_lora
-from didr.models.text import PromptSet, encode, load_cached, load_prompts, save_cached
+from didr.models.text import BUILTIN, PromptSet, encode, load_cached, load_prompts, save_cached
 from didr.runtime import DTYPES
 
 
@@ -42,8 +42,8 @@ class BackboneConfig:
     generator_steps: int = 1  # 1 = one-step; 4 = the paper's 4-step Z-Image (trained by DMD2's backward simulation)
     generator_renoise: str = "ddim"  # between steps: ddim (deterministic; ZImagePipeline's Euler) | fresh (new noise: DMD2, LCMScheduler)
     generator_times: list[float] = field(default_factory=list)  # explicit decreasing times (overrides t / steps)
-    prompts: str = ""  # .txt (one per line) or .jsonl (prompt / caption / text field)
-    prompt_list: list[str] = field(default_factory=list)  # inline prompts, used when `prompts` is empty
+    prompts: str = "builtin"  # .txt (one per line), .jsonl (prompt / caption / text field), or builtin: 50 prompts that ship with didr
+    prompt_list: list[str] = field(default_factory=list)  # inline prompts, used instead of `prompts` when given
     negative_prompt: str = ""
     cfg_scale: float | None = None  # reference CFG scale w of (M4); None = the backbone's default
     cfg_normalization: float = 0.0  # Z-Image: the guided velocity's norm at most this times the conditional one's (0 = off)
@@ -271,9 +271,7 @@ def build_prompts(cfg: BackboneConfig, pipe: Pipeline, cache_dir: Path) -> tuple
     """The run's prompts, encoded once, with the null prompt for CFG: from the cache under
     ``cache_dir`` when they are there, and a function that saves them there (called once the run
     passed its start-up checks, so that a refused run writes nothing)."""
-    prompts = load_prompts(cfg.prompts) if cfg.prompts else list(cfg.prompt_list)
-    if not prompts:
-        raise ConfigError("backbone.prompts: give a prompt file (.txt or .jsonl) or backbone.prompt_list")
+    prompts = list(cfg.prompt_list) or load_prompts(cfg.prompts or BUILTIN)
     sets = [(prompts, load_cached(pipe.encoder_id, prompts, cache_dir)), ([cfg.negative_prompt], load_cached(pipe.encoder_id, [cfg.negative_prompt], cache_dir))]
     new = [i for i, (_, rows) in enumerate(sets) if rows is None]
     sets = [(texts, encode(pipe.encoder, texts) if rows is None else rows) for texts, rows in sets]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,20 @@ from torch import Tensor
 from didr.errors import ConfigError
 
 PROMPT_FIELDS = ("prompt", "caption", "text")
+#: the built-in prompt set, for smoke runs and presets run as written: 50 prompts written for didr
+#: (objects, animals, people, scenes, food, styles), one per line
+BUILTIN = "builtin"
+
+
+def builtin_prompts() -> list[str]:
+    return [line for line in resources.files("didr.data").joinpath("prompts", "builtin.txt").read_text().splitlines() if line.strip()]
 
 
 def load_prompts(source: str | Path) -> list[str]:
-    """Prompts from a text file (one per line) or a JSONL file (a ``prompt``, ``caption`` or ``text`` field per line)."""
+    """Prompts from a text file (one per line), a JSONL file (a ``prompt``, ``caption`` or ``text``
+    field per line), or ``builtin``: the built-in set."""
+    if str(source) == BUILTIN:
+        return builtin_prompts()
     path = Path(source).expanduser()
     if not path.is_file():
         raise ConfigError(f"prompt file not found: {path} (expected a .txt file, one prompt per line, or a .jsonl file)")

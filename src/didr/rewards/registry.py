@@ -41,9 +41,10 @@ from typing import Any, Callable
 import torch
 
 from didr.errors import ConfigError
-from didr.rewards.clip import load_aesthetic, load_clipscore, load_pickscore
-from didr.rewards.hps import load_hpsv2
-from didr.rewards.image_reward import load_image_reward
+from didr.hub import check_folder_ref, resolve_weight_file
+from didr.rewards.clip import AESTHETIC_HEAD_FILES, CLIP_L_HUB, PICKSCORE_HUB, load_aesthetic, load_clipscore, load_pickscore
+from didr.rewards.hps import HPS_HUB, HPS_V21_FILE, load_hpsv2
+from didr.rewards.image_reward import IMAGE_REWARD_HUB, load_image_reward
 from didr.rewards.toy import parse_toy_reward
 from didr.runtime import DTYPES
 
@@ -105,6 +106,29 @@ def load_reward(spec: Any, *, device: Any = None, dtype: torch.dtype | str | Non
     if parsed.name == "aesthetic" and not args:
         raise ConfigError(f"reward spec {spec!r}: the aesthetic predictor needs its head, aesthetic:PATH/TO/sac+logos+ava1-l14-linearMSE.pth")
     return loader(*args, device=device, **kwargs)
+
+
+#: each public reward's weight reference without a source, and the file that shows it is there
+REFERENCES = {"pickscore": (PICKSCORE_HUB, "config.json", False), "clipscore": (CLIP_L_HUB, "config.json", False),
+              "hpsv2": (HPS_HUB, HPS_V21_FILE, True), "imagereward": (IMAGE_REWARD_HUB, "ImageReward.pt", True),
+              "aesthetic": (None, AESTHETIC_HEAD_FILES[0], True)}
+
+
+def check_reward_reference(spec: str) -> None:
+    """The spec parses, and the reward's weights resolve (locally, from the hub cache, or from the
+    hub when it is reachable), without loading the model."""
+    parsed = parse_reward_spec(spec)
+    if parsed.name not in REFERENCES:
+        return
+    default, marker, is_file = REFERENCES[parsed.name]
+    source = parsed.source or default
+    if source is None:
+        raise ConfigError(f"reward spec {spec!r}: the aesthetic predictor needs its head, aesthetic:PATH/TO/{marker}")
+    what = f"reward {parsed.name}"
+    if is_file:
+        resolve_weight_file(source, what, [parsed.options.get("filename", marker)])
+    else:
+        check_folder_ref(source, what, marker)
 
 
 def _coerce_options(loader: Callable, options: dict[str, str], spec: str) -> dict[str, Any]:
