@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +76,34 @@ def tiny_alignment(seed: int = 0, reward=None, method: str = "didr", sample_inpu
 def tiny_config(**kw) -> TrainConfig:
     base = dict(steps=6, batch_size=16, ta_updates=1, lr_generator=1e-3, lr_ta=1e-3, log_every=2, progress=False)
     return TrainConfig(**{**base, **kw})
+
+
+class HubCache:
+    """A huggingface_hub cache that a test fills as downloads would have: ``models--org--name`` with
+    ``refs/main`` naming a snapshot that holds the files. With ``HF_HUB_OFFLINE=1`` (the suite's),
+    hub references resolve from it and from nowhere else."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def snapshot(self, repo: str) -> Path:
+        folder = self.root / f"models--{repo.replace('/', '--')}"
+        revision = hashlib.sha1(repo.encode()).hexdigest()
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / "main").write_text(revision)
+        return folder / "snapshots" / revision
+
+    def add(self, repo: str, files: dict[str, bytes | str]) -> None:
+        """Files (path in the repo -> content) into the repo's snapshot."""
+        for name, content in files.items():
+            target = self.snapshot(repo) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    def add_folder(self, repo: str, folder: Path) -> None:
+        """A whole local folder (a saved pipeline, say) as the repo's snapshot."""
+        shutil.copytree(folder, self.snapshot(repo), dirs_exist_ok=True)
+
+    def env(self) -> dict:
+        """A subprocess environment that reads this cache, offline."""
+        return {**subprocess_env(), "HF_HUB_CACHE": str(self.root), "HF_HUB_OFFLINE": "1"}

@@ -113,15 +113,15 @@ def check_folder_ref(ref: str, what: str, marker: str) -> None:
     _hub_file(str(ref), [marker], what)
 
 
-def local_folder(ref: str, what: str, patterns: Sequence[str] | None = None) -> Path:
+def local_folder(ref: str, what: str, patterns: Sequence[str] | None = None, ignore: Sequence[str] | None = None) -> Path:
     """A local folder for a folder reference: the path itself, or the hub repo's snapshot in the cache
-    (the files matching ``patterns`` fetched first when the hub is reachable)."""
+    (the files matching ``patterns`` and not ``ignore`` fetched first when the hub is reachable)."""
     if is_local(ref):
         return Path(ref).expanduser()
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(str(ref), allow_patterns=list(patterns) if patterns else None))
+        return Path(snapshot_download(str(ref), allow_patterns=list(patterns) if patterns else None, ignore_patterns=list(ignore) if ignore else None))
     except Exception as err:  # offline and not cached, or no such repo
         raise ModelLoadError(f"{what}: hub repo {ref!r} is neither reachable nor cached ({type(err).__name__})") from None
 

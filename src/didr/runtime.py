@@ -82,3 +82,33 @@ def process_pool(workers: int, initializer: Callable | None = None, initargs: tu
     """``workers`` spawned processes (spawn: no fork of a process that holds torch threads)."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=initializer, initargs=initargs)
+
+
+#: environment that turns the model libraries' chatter off (read when they are first imported)
+QUIET_LIBRARIES = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "HF_HUB_VERBOSITY": "error",
+                   "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def quiet_libraries() -> None:
+    """Keep transformers', diffusers' and huggingface_hub's warnings and their progress bars (writing,
+    loading and fetching shards) off the terminal, so that didr's own progress and a one-line error
+    are what a user sees. Values the user set in the environment win."""
+    import sys
+    import warnings
+
+    # diffusers passes huggingface_hub an argument it has retired, on every load
+    warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+    for key, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(key, value)
+    bars_off = os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    for name in ("transformers", "diffusers"):  # imported already: the environment came too late for them
+        if name in sys.modules:
+            logging = sys.modules[name].utils.logging
+            logging.set_verbosity(logging.ERROR if os.environ[f"{name.upper()}_VERBOSITY"] == "error" else logging.WARNING)
+            if bars_off:
+                logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        hub = sys.modules["huggingface_hub"]
+        hub.utils.logging.set_verbosity(hub.utils.logging.ERROR if os.environ["HF_HUB_VERBOSITY"] == "error" else hub.utils.logging.WARNING)
+        if bars_off:
+            hub.utils.disable_progress_bars()

@@ -79,6 +79,22 @@ def test_a_dmd2_four_step_generator_injects_the_pipelines_fresh_noise(tmp_path_f
     assert not torch.equal(torch.randn(2, 4, 8, 8, generator=stream), z)  # the stream goes on: the noise between steps is new
 
 
+def test_a_generator_that_predicts_the_sample_is_exported_with_its_own_prediction_type(tmp_path_factory):
+    """SDXL-Lightning's one-step UNet predicts x0 while its SDXL reference predicts noise: the generator
+    runs, and the export's scheduler samples, as an x0 predictor; a generator read as epsilon differs."""
+    run = tiny_run("sdxl", tmp_path_factory, "backbone.generator_prediction_type=sample", "backbone.generator_t=1.0", "train.steps=1")
+    info = json.loads((run / "export" / "sampling.json").read_text())
+    scheduler = json.loads((run / "export" / "scheduler" / "scheduler_config.json").read_text())
+    assert info["prediction_type"] == scheduler["prediction_type"] == "sample"
+    torch.testing.assert_close(didr_images(run), stock_images(run), rtol=0, atol=1e-5)
+    from didr.models.sample import Sampler, load_run
+
+    cfg, info = load_run(run)
+    sampler = Sampler(cfg, run / "export")
+    as_eps, as_x0 = (sampler.sample(list(PROMPTS), info["times"], seed=7, prediction=p) for p in ("epsilon", "sample"))
+    assert (as_eps - as_x0).abs().max() > 0.1
+
+
 def test_the_kohya_lora_loads_into_the_stock_pipeline_and_matches_the_diffusers_one(sdxl_run):
     from didr.testing.tiny import tiny_sdxl_cond
 
@@ -223,7 +239,7 @@ def test_four_step_preset_trains_one_step_on_its_own_earlier_steps(tmp_path, zim
     """configs/zimage-turbo-4step.yaml on the tiny Z-Image: a training call runs the generator's
     first three steps without gradient and the fourth with it; sampling runs all four."""
     cfg = run_config("zimage-turbo-4step.yaml", tmp_path, tiny=False, pretrained=str(zimage_run / "tiny" / "zimage"), generator=None,
-                     prompts="", prompt_list=["a cat"], reward="tiny-clip", resolution=16, max_sequence_length=32, generator_lora_rank=4,
+                     prompt_list=["a cat"], reward="tiny-clip", resolution=16, max_sequence_length=32, generator_lora_rank=4,
                      ta_lora_rank=4, dtype="float32", autocast="none", device="cpu")
     gen = start(cfg, tmp_path / "out").generator
     assert gen.times == pytest.approx([1.0, 0.9, 0.75, 0.5]) and gen.renoise == "ddim" and not gen.unrolled
@@ -338,3 +354,21 @@ def test_fsdp_refuses_roles_over_the_shared_base(tmp_path, sdxl_run, monkeypatch
     with pytest.raises(ConfigError, match=f"backbone.{field}: under FSDP"):
         start(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_generators_times_come_from_its_own_scheduler_not_the_references(tmp_path, zimage_run):
+    """A 4-step generator from a pipeline whose scheduler shifts by 3 (Z-Image-Turbo's), over a
+    reference whose scheduler shifts by 6: the times are the generator's [1, 0.9, 0.75, 0.5]; taken
+    from the reference they would be others."""
+    import shutil
+
+    tiny = zimage_run / "tiny" / "zimage"
+    reference = tmp_path / "reference"
+    shutil.copytree(tiny, reference)
+    config = json.loads((reference / "scheduler" / "scheduler_config.json").read_text())
+    (reference / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "shift": 6.0}))
+    sets = dict(tiny=False, pretrained=str(reference), generator_steps=4, generator_t=1.0)
+    own = start(run_config("tiny-zimage.yaml", tmp_path, generator=str(tiny), **sets), tmp_path / "a").generator
+    assert own.times == pytest.approx([1.0, 0.9, 0.75, 0.5])
+    borrowed = start(run_config("tiny-zimage.yaml", tmp_path, **sets), tmp_path / "b").generator
+    assert borrowed.times[1:] != pytest.approx([0.9, 0.75, 0.5], abs=0.01)

@@ -14,6 +14,7 @@ import sys
 from didr import __version__
 from didr.cli import bench, sample, score, toy, train
 from didr.errors import DidrError
+from didr.runtime import quiet_libraries
 
 SUBCOMMANDS = (toy, train, bench, score, sample)
 
@@ -26,6 +27,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="didr", description="Align one-step diffusion generators with reward models (DIDR).")
     parser.add_argument("--version", action="version", version=f"didr {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="let transformers, diffusers and huggingface_hub print their warnings and progress bars")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in SUBCOMMANDS:
         module.register(sub)
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for reports
+    if not args.verbose:
+        quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except DidrError as err:

@@ -6,8 +6,8 @@
 
 Writes ``DIR/config.yaml``, ``DIR/train.log`` (with the number of processes in effect),
 ``DIR/metrics.jsonl``, checkpoints under ``DIR/checkpoints/`` and the final generator under
-``DIR/export/``. The config is validated, and with ``--resume`` checked against the latest good
-checkpoint, before anything is written. SIGTERM / SIGINT save a checkpoint and exit with status
+``DIR/export/``. The config is validated, with ``--resume`` checked against the latest good
+checkpoint, and the experiment's models loaded and checked, before anything is written. SIGTERM / SIGINT save a checkpoint and exit with status
 128 + the signal's number.
 """
 
@@ -52,11 +52,13 @@ def run(args: argparse.Namespace) -> int:
     cfg.train.resume = cfg.train.resume or args.resume
     if cfg.train.resume:
         check_resume(out, cfg)
+    experiment = EXPERIMENTS[cfg.experiment]
+    prepared = experiment.prepare(cfg, out)  # the models loaded and checked: a refusal leaves OUT as it was
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(yaml.safe_dump(cfgio.to_dict(cfg), sort_keys=False), out / "config.yaml")
     try:
-        metrics = EXPERIMENTS[cfg.experiment](cfg, out)
+        metrics = experiment.run(cfg, out, prepared)
     except Interrupted as stop:
         print(f"didr train: {stop}", file=sys.stderr)
         return 128 + int(stop.signum)

@@ -13,8 +13,10 @@ After training the generator is exported under ``OUT/export`` (:mod:`didr.models
 from __future__ import annotations
 
 import copy
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -47,25 +49,41 @@ from didr.models.text import PromptSet, load_prompts
 from didr.objectives.config import build_objective
 from didr.rewards.registry import check_reward_reference, load_reward
 from didr.runtime import is_main_process, resolve_device
-from didr.testing.tiny import TINY_BUILDERS, build_once, save_tiny_clip
+from didr.testing.tiny import TINY_BUILDERS, build_once, move_into_place, save_tiny_clip
 from didr.train.distributed import requested_sharding
 from didr.train.loop import Alignment, Trainer
 
+#: what each tiny part's folder holds once it is complete
+TINY_DONE = {"clip": "config.json", **{kind: "model_index.json" for kind in TINY_BUILDERS}}
 
-def prepare_tiny(cfg: BackboneConfig, out_dir: Path) -> BackboneConfig:
-    """Build the tiny random pipeline once under OUT/tiny; point the config at it."""
-    folder = build_once(out_dir / "tiny" / cfg.kind, TINY_BUILDERS[cfg.kind], "model_index.json")
+
+def tiny_part(name: str, out_dir: Path, staging: Path) -> Path:
+    """A tiny random part (a pipeline kind, or ``clip``): the one a previous start left under OUT/tiny,
+    else built under ``staging``, outside OUT, to be kept by :func:`keep_staged` once every check passed."""
+    final = out_dir / "tiny" / name
+    if (final / TINY_DONE[name]).is_file():
+        return final
+    return build_once(staging / name, save_tiny_clip if name == "clip" else TINY_BUILDERS[name], TINY_DONE[name])
+
+
+def keep_staged(cfg: BackboneConfig, out_dir: Path, staging: Path) -> None:
+    """Move the tiny parts built under ``staging`` into OUT/tiny and point the config at them."""
+    for folder in sorted(staging.iterdir()) if staging.is_dir() else []:
+        if not folder.name.startswith("."):
+            move_into_place(folder, out_dir / "tiny" / folder.name, TINY_DONE[folder.name])
+    cfg.pretrained = str(out_dir / "tiny" / cfg.kind)
+
+
+def with_tiny(cfg: BackboneConfig, out_dir: Path, staging: Path) -> BackboneConfig:
+    """The config pointed at the tiny random pipeline."""
     cfg = copy.copy(cfg)
-    cfg.pretrained = str(folder)
+    cfg.pretrained = str(tiny_part(cfg.kind, out_dir, staging))
     return cfg
 
 
-def reward_spec(cfg: BackboneConfig, out_dir: Path) -> str:
-    """The reward spec, with ``tiny-clip`` built once under OUT/tiny/clip and loaded as PickScore."""
-    if cfg.reward != "tiny-clip":
-        return cfg.reward
-    clip = build_once(out_dir / "tiny" / "clip", save_tiny_clip, "config.json")
-    return f"pickscore:{clip}"
+def reward_spec(cfg: BackboneConfig, out_dir: Path, staging: Path) -> str:
+    """The reward spec, with ``tiny-clip`` a tiny random CLIP loaded as PickScore."""
+    return f"pickscore:{tiny_part('clip', out_dir, staging)}" if cfg.reward == "tiny-clip" else cfg.reward
 
 
 @dataclass
@@ -82,6 +100,7 @@ class TextToImage:
     latent_shape: tuple[int, int, int]
     device: torch.device
     schedule: NoiseSchedule  # the reference's (M1): the noise levels the objective compares scores at
+    generator_scheduler_config: dict  # the generator's own scheduler (its shift, its prediction type): the export's starts from it
 
     def sample_inputs(self, n: int, generator: torch.Generator | None = None):
         z = torch.randn(n, *self.latent_shape, generator=generator).to(self.device)
@@ -127,12 +146,26 @@ def generator_scheduler(cfg: BackboneConfig, pipe: Pipeline):
 
 def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
     """Load, check and wire the models of a text-to-image run (no training step yet). Every check
-    runs before anything is written under ``out_dir`` but the tiny models it was asked to build."""
+    runs before anything is written under ``out_dir``: tiny random models are built outside it and
+    moved in, and the text cache written, once all passed."""
     check_before_writing(cfg)
-    if cfg.tiny:
-        cfg = prepare_tiny(cfg, out_dir)
+    with tempfile.TemporaryDirectory(prefix="didr-tiny-") as staging:
+        if cfg.tiny:
+            cfg = with_tiny(cfg, out_dir, Path(staging))
+        t2i, save_prompt_cache = wire(cfg, out_dir, reward_spec(cfg, out_dir, Path(staging)))
+        if cfg.tiny:  # each process of a launch keeps its copy unless another's got there first
+            keep_staged(t2i.cfg, out_dir, Path(staging))
+    if is_main_process():
+        save_prompt_cache()
+    return t2i
+
+
+def wire(cfg: BackboneConfig, out_dir: Path, reward: str) -> tuple[TextToImage, Callable[[], None]]:
+    """:func:`build`'s loading, checks and wiring; returns the run and the function that writes its text cache."""
     device, bb = resolve_device(cfg.device), cfg.backbone
     pipe = load_pipeline(cfg, device)
+    if cfg.tiny:
+        pipe.encoder_id = f"{cfg.kind}:tiny"  # the same random weights wherever they were built (staged, then OUT/tiny)
     gen_net = pipe.net if cfg.shares_reference else load_generator_net(cfg, pipe.net, device)
     prompts, save_prompt_cache = build_prompts(cfg, pipe, Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "text_cache")
     check_compatible(cfg, pipe, gen_net, prompts.rows)
@@ -141,8 +174,11 @@ def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
 
     tokens = bb.tokens(shape)
     schedule = schedule_from_scheduler(pipe.scheduler, bb.family.name, tokens)
-    gen_schedule = schedule_from_scheduler(generator_scheduler(cfg, pipe), bb.family.name, tokens, cfg.generator_steps)
+    gen_scheduler = generator_scheduler(cfg, pipe)
+    gen_schedule = schedule_from_scheduler(gen_scheduler, bb.family.name, tokens, cfg.generator_steps)
     pred = getattr(pipe.scheduler.config, "prediction_type", "epsilon") or "epsilon"
+    gen_pred = cfg.generator_prediction_type or getattr(gen_scheduler.config, "prediction_type", None) or pred
+    gen_scheduler_config = {**dict(gen_scheduler.config), **({"prediction_type": gen_pred} if not bb.family.flow else {})}
     # a full-copy TA is copied before any adapter joins the reference
     ta_copy = None if cfg.ta_lora_rank else copy.deepcopy(pipe.net).float().requires_grad_(True)
     nets = [n for n in (pipe.net, None if gen_net is pipe.net else gen_net, ta_copy) if n is not None]
@@ -154,8 +190,8 @@ def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
         for net in nets:
             enable_checkpointing(net)  # block by block, safe when roles switch adapters on one network
 
-    def den(net, sched=schedule):
-        d = make_denoiser(net, sched, bb.family.name, pred, cfg.autocast)
+    def den(net, sched=schedule, prediction=pred):
+        d = make_denoiser(net, sched, bb.family.name, prediction, cfg.autocast)
         d.guidance = cfg.distilled_guidance  # read by networks with a guidance input (FLUX.1-dev)
         return d
 
@@ -164,13 +200,12 @@ def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
     base_ref = SharedDenoiser(base, None)
     reference = GuidedDenoiser(base_ref, cfg.guidance, prompts.null_cond, bb.guidance_rescale(cfg)) if cfg.guidance != 1.0 else base_ref
     times = generator_times(gen_schedule, cfg.generator_t, cfg.generator_steps, cfg.generator_times)
-    gen_den = SharedDenoiser(den(pipe.net, gen_schedule), "generator") if gen_net is pipe.net else den(gen_net, gen_schedule)
+    gen_den = den(pipe.net if gen_net is pipe.net else gen_net, gen_schedule, gen_pred)
+    gen_den = SharedDenoiser(gen_den, "generator") if gen_net is pipe.net else gen_den
     generator = StepGenerator(gen_den, times, checkpoint=cfg.gradient_checkpointing, renoise=cfg.generator_renoise)
     decoder = VaeDecoder(pipe.vae, cfg.decode_micro_batch, cfg.decode_checkpoint, cfg.decode_downscale, decode=bb.decode)
-    reward = LatentReward(load_reward(reward_spec(cfg, out_dir), device=device), decoder)
-    if is_main_process():
-        save_prompt_cache()
-    return TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device, schedule)
+    reward = LatentReward(load_reward(reward, device=device), decoder)
+    return TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device, schedule, gen_scheduler_config), save_prompt_cache
 
 
 def build_run_objective(run_cfg, t2i: TextToImage):
@@ -184,9 +219,10 @@ def build_run_objective(run_cfg, t2i: TextToImage):
     return build_objective(run_cfg.method, t2i.schedule, t2i.reward, initial_generator=initial)
 
 
-def run_text_to_image(run_cfg, out_dir: Path) -> dict:
-    """``didr train`` entry point: build, check, train with the configured objective, export."""
-    t2i = build(run_cfg.backbone, out_dir)
+def run_text_to_image(run_cfg, out_dir: Path, t2i: TextToImage | None = None) -> dict:
+    """``didr train`` entry point: build and check (unless given the built run), train with the
+    configured objective, export."""
+    t2i = t2i or build(run_cfg.backbone, out_dir)
     objective = build_run_objective(run_cfg, t2i)
     alignment = Alignment(t2i.generator, t2i.reference, t2i.ta, objective, t2i.sample_inputs)
     trainer = Trainer(alignment, run_cfg.train, out_dir, desc=f"{run_cfg.method.name} {t2i.cfg.kind}")

@@ -2,15 +2,17 @@
 
 ``OUT/export/`` is a complete pipeline of the base's class (``model_index.json``):
 
-- ``unet/`` or ``transformer/``: the generator's network, its LoRA folded in, written shard by
-  shard from the live network, one merged float32 tensor at a time (a real-size generator is never
+- ``unet/`` or ``transformer/``: the generator's network, its LoRA folded in, in
+  ``backbone.export_dtype`` (float32, the default, is what ``didr sample`` reproduces exactly;
+  bfloat16 / float16 halve the size), written shard by shard from the live network, one merged tensor at a time (a real-size generator is never
   copied whole; over a shared base only the generator's adapter is folded in);
 - ``scheduler/``: a scheduler of the base's kind set up for the generator's own sampling: LCM
-  (fresh noise between steps, DMD2's way) or TCD at eta 0 (deterministic DDIM) for the UNets, the
-  flow LCM or Euler for flow models, with the time shift off so that the generator's times are
-  used as given;
+  (fresh noise between steps, DMD2's way) or Euler on plain sigmas (deterministic DDIM) for the
+  UNets, Euler for flow models, with the time shift off so that the generator's times are used as
+  given, and the generator's own prediction type;
 - the frozen parts (VAE, text encoders, tokenizers), as ``backbone.export_frozen`` says: ``copy``
-  (a self-contained folder, the parts' full size on disk), ``link`` (symbolic links to the base's
+  (a self-contained folder: the files ``from_pretrained`` reads, without the base repo's fp16 / ONNX /
+  Flax variants, at their full size on disk), ``link`` (symbolic links to the base's
   folders or to its hub-cache snapshot: no extra disk, valid while the base stays where it is), or
   ``network`` (the network and scheduler alone, a few GB lighter: load them into the base pipeline
   as the model card shows);
@@ -34,6 +36,7 @@ from torch import nn
 from didr.files import atomic_write_text
 from didr.hub import local_folder
 from didr.models.lora import adapter_rank, lora_state_dict, merged_tensors
+from didr.runtime import DTYPES
 
 WEIGHTS = "diffusion_pytorch_model"
 SHARD_BYTES = 2**30
@@ -48,9 +51,10 @@ def generator_adapter(denoiser: nn.Module) -> str | None:
     return "generator" if adapter_rank(denoiser.net, "generator") else None
 
 
-def save_merged_network(net: nn.Module, adapter: str | None, folder: Path, shard_bytes: int = SHARD_BYTES) -> Path:
-    """``net`` with ``adapter`` folded in (and no other adapter), as a diffusers model folder in float32:
-    ``config.json`` and safetensors shards (with diffusers' index when there are several)."""
+def save_merged_network(net: nn.Module, adapter: str | None, folder: Path, shard_bytes: int = SHARD_BYTES,
+                        dtype: torch.dtype = torch.float32) -> Path:
+    """``net`` with ``adapter`` folded in (and no other adapter), as a diffusers model folder with
+    floating tensors in ``dtype``: ``config.json`` and safetensors shards (with diffusers' index when there are several)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -67,6 +71,7 @@ def save_merged_network(net: nn.Module, adapter: str | None, folder: Path, shard
             current, size = {}, 0
 
     for key, tensor in merged_tensors(net, adapter):
+        tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
         nbytes = tensor.numel() * tensor.element_size()
         if current and size + nbytes > shard_bytes:
             flush()
@@ -93,13 +98,32 @@ def sampling_info(t2i, generator: nn.Module, frozen: str) -> dict:
     call = {**bb.pipeline_times(times, generator.schedule), **bb.call(cfg)}
     return {"kind": cfg.kind, "network": bb.network, "pipeline": bb.pipeline_class, "times": times, "renoise": cfg.generator_renoise,
             "latent_shape": list(t2i.latent_shape), "resolution": cfg.resolution, "max_sequence_length": cfg.max_sequence_length,
-            "base": cfg.pretrained, "frozen": frozen, "scheduler": type(bb.sampling_scheduler(dict(t2i.pipe.scheduler.config), cfg.generator_renoise)).__name__,
-            "call": call}
+            "base": cfg.pretrained, "frozen": frozen, "scheduler": type(bb.sampling_scheduler(t2i.generator_scheduler_config, cfg.generator_renoise)).__name__,
+            "prediction_type": t2i.generator_scheduler_config.get("prediction_type"), "call": call}
 
 
 def frozen_components(model_index: dict, network: str) -> list[str]:
     """The base pipeline's components other than the network and the scheduler."""
     return [k for k, v in model_index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None and k not in (network, "scheduler")]
+
+
+#: the files of a component folder that from_pretrained reads (configs, tokenizer files, weights)
+LOADED_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.safetensors")
+#: weight variants a base repo may also hold, which the default load does not read
+VARIANTS = ("fp16", "bf16", "fp32", "non_ema", "ema")
+
+
+def is_loaded_file(name: str) -> bool:
+    """Whether ``from_pretrained`` (no variant) reads this file of a component folder."""
+    parts = name.split(".")
+    loaded = any(Path(name).match(p) for p in LOADED_FILES)
+    return loaded and not any(part.split("-")[0] in VARIANTS for part in parts[1:-1])
+
+
+def base_folder(ref: str, components: list[str]) -> Path:
+    """The base pipeline's folder with the frozen components' loaded files (fetched into the hub cache when ``ref`` is a hub id)."""
+    patterns = ["model_index.json", *(f"{c}/{p}" for c in components for p in LOADED_FILES)]
+    return local_folder(ref, "backbone.pretrained", patterns, ignore=[f"*.{v}.*" for v in VARIANTS] + [f"*.{v}-*" for v in VARIANTS])
 
 
 def place_frozen(base: Path, out: Path, components: list[str], mode: str) -> int:
@@ -114,7 +138,8 @@ def place_frozen(base: Path, out: Path, components: list[str], mode: str) -> int
         if mode == "link":
             os.symlink(source, target, target_is_directory=True)
             continue
-        shutil.copytree(source, target, symlinks=False)
+        shutil.copytree(source, target, symlinks=False,
+                        ignore=lambda folder, names: [n for n in names if not (Path(folder, n).is_dir() or is_loaded_file(n))])
         written += sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     return written
 
@@ -126,13 +151,13 @@ def export_generator(t2i, generator: nn.Module, out: Path) -> Path:
     cfg, bb = t2i.cfg, t2i.cfg.backbone
     denoiser, frozen = generator.denoiser, cfg.export_frozen
     adapter = generator_adapter(denoiser)
-    save_merged_network(denoiser.net, adapter, out / bb.network)
-    bb.sampling_scheduler(dict(t2i.pipe.scheduler.config), cfg.generator_renoise).save_pretrained(out / "scheduler")
+    save_merged_network(denoiser.net, adapter, out / bb.network, dtype=DTYPES[cfg.export_dtype])
+    bb.sampling_scheduler(t2i.generator_scheduler_config, cfg.generator_renoise).save_pretrained(out / "scheduler")
     if frozen != "network":
         base = local_folder(cfg.pretrained, "backbone.pretrained", ["model_index.json"])
         model_index = json.loads((base / "model_index.json").read_text())
         components = frozen_components(model_index, bb.network)
-        base = local_folder(cfg.pretrained, "backbone.pretrained", ["model_index.json", *(f"{c}/*" for c in components)])
+        base = base_folder(cfg.pretrained, components)
         place_frozen(base, out, components, frozen)
         scheduler_cls = json.loads((out / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
         atomic_write_text(json.dumps({**model_index, "scheduler": ["diffusers", scheduler_cls]}, indent=2), out / "model_index.json")

@@ -11,6 +11,8 @@ LoRA-trained one.
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from copy import deepcopy
 from typing import Any, Iterator
 
@@ -39,13 +41,23 @@ def _train_only_adapters(net: nn.Module, keep: set[str], name: str) -> nn.Module
     return net
 
 
+@contextmanager
+def several_adapters_by_design() -> Iterator[None]:
+    """Silence peft's warning about several adapters in one model: one adapter per role over a
+    shared frozen base is how didr holds the generator and the TA (didr.models.shared)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        yield
+
+
 def add_lora(net: nn.Module, rank: int, name: str, targets: list[str] | None = None, alpha: float | None = None) -> nn.Module:
     """Inject a rank-``rank`` LoRA adapter called ``name``; only adapter weights require gradients."""
     from peft import LoraConfig
 
     keep = _trainable_adapters(net)
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets or DEFAULT_TARGETS), init_lora_weights=True)
-    net.add_adapter(config, adapter_name=name)
+    with several_adapters_by_design():
+        net.add_adapter(config, adapter_name=name)
     return _train_only_adapters(net, keep, name)
 
 
@@ -63,7 +75,8 @@ def load_lora(net: nn.Module, backbone, source: str, name: str) -> nn.Module:
     state, alphas = out if isinstance(out, tuple) else (out, None)
     if not any(k.startswith(prefix + ".") for k in state):
         raise ModelLoadError(f"backbone.generator_lora: {source} holds no {prefix} LoRA weights")
-    net.load_lora_adapter(state, network_alphas=alphas, adapter_name=name, prefix=prefix)
+    with several_adapters_by_design():
+        net.load_lora_adapter(state, network_alphas=alphas, adapter_name=name, prefix=prefix)
     if not any(f".{name}." in n for n, _ in net.named_parameters()):
         raise ModelLoadError(f"backbone.generator_lora: no weights of {source} fit this {prefix}")
     return _train_only_adapters(net, keep, name)

@@ -10,6 +10,7 @@ What differs between backbone families (folder layout, text encoders, convention
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,8 +20,8 @@ from torch import nn
 
 from didr.config import require
 from didr.errors import ConfigError, ModelLoadError
-from didr.hub import check_folder_ref, describe_ref, is_local, load_state_dict, load_strict, resolve_weight_file, split_file_ref
-from didr.models.backbones import AUTOCAST_DTYPES, BACKBONES, Backbone, backbone
+from didr.hub import check_folder_ref, describe_ref, is_local, load_state_dict, load_strict, resolve_file, resolve_weight_file, split_file_ref
+from didr.models.backbones import AUTOCAST_DTYPES, BACKBONES, UNET_PREDICTIONS, Backbone, backbone
 from didr.models.export import FROZEN_MODES
 from didr.models.generators import RENOISE
 from didr.models.lora import DEFAULT_TARGETS, adapter_rank, add_lora, load_lora
@@ -38,6 +39,7 @@ class BackboneConfig:
     generator: str | None = None  # generator network: diffusers folder/hub id (e.g. Z-Image-Turbo), None = the reference's
     generator_subfolder: str | None = None  # default: "unet" or "transformer" when `generator` is a pipeline folder
     generator_weights: str | None = None  # a state-dict file: a path or org/name:file (DMD2's tianweiy/DMD2:dmd2_sdxl_1step_unet_fp16.bin)
+    generator_prediction_type: str | None = None  # UNet generators: epsilon | v_prediction | sample; None = its scheduler's (SDXL-Lightning's 1-step UNet predicts the sample)
     generator_t: float = 1.0  # first generator time in (0, 1]; DMD2's timestep 399 is t = (399 + 1) / 1000 = 0.4
     generator_steps: int = 1  # 1 = one-step; 4 = the paper's 4-step Z-Image (trained by DMD2's backward simulation)
     generator_renoise: str = "ddim"  # between steps: ddim (deterministic; ZImagePipeline's Euler) | fresh (new noise: DMD2, LCMScheduler)
@@ -65,6 +67,7 @@ class BackboneConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache_dir: str | None = None  # text-embedding cache, default OUT/text_cache
     export_lora: bool = True  # also save the generator's LoRA weights (when it has them)
+    export_dtype: str = "float32"  # the exported network's weights: float32 | bfloat16 | float16 (half the disk)
     export_frozen: str = "copy"  # the export's VAE and text encoders: copy (self-contained) | link (to the base's files) | network (none: load into the base)
 
     def validate(self, path: str = "backbone") -> None:
@@ -82,6 +85,7 @@ class BackboneConfig:
         require(self.autocast in AUTOCAST_DTYPES, f"{path}.autocast", f"must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
         require(self.decode_downscale >= 1, f"{path}.decode_downscale", f"must be >= 1, got {self.decode_downscale}")
         require(self.cfg_scale is None or self.cfg_scale >= 0, f"{path}.cfg_scale", f"must be >= 0, got {self.cfg_scale}")
+        require(self.export_dtype in DTYPES, f"{path}.export_dtype", f"must be one of {', '.join(DTYPES)}, got {self.export_dtype!r}")
         require(self.export_frozen in FROZEN_MODES, f"{path}.export_frozen", f"must be one of {', '.join(FROZEN_MODES)}, got {self.export_frozen!r}")
         require(self.cfg_normalization >= 0, f"{path}.cfg_normalization", f"must be >= 0, got {self.cfg_normalization}")
         require(self.max_sequence_length >= 1, f"{path}.max_sequence_length", f"must be >= 1, got {self.max_sequence_length}")
@@ -92,6 +96,11 @@ class BackboneConfig:
         require(self.generator_renoise == "ddim" or not self.backbone.family.flow, f"{path}.generator_renoise",
                 f"fresh noise between steps is for the UNet backbones: the {self.backbone.pipeline_class} does not hand its generator to its "
                 "scheduler, so its images could not be reproduced from a seed; flow backbones step deterministically (ddim, Euler)")
+        require(self.generator_prediction_type in (None, *UNET_PREDICTIONS) and (self.generator_prediction_type is None or not self.backbone.family.flow),
+                f"{path}.generator_prediction_type", f"is for UNet generators: one of {', '.join(UNET_PREDICTIONS)}, got {self.generator_prediction_type!r}"
+                + (f" (the {self.kind} networks predict the flow velocity)" if self.backbone.family.flow else ""))
+        require(not (self.prompt_list and self.prompts != BUILTIN), f"{path}.prompt_list",
+                f"and {path}.prompts={self.prompts!r} both name the prompts; give one")
         require(not self.cfg_normalization or self.kind == "zimage", f"{path}.cfg_normalization", "is Z-Image's option; other backbones do not take it")
 
     @property
@@ -160,18 +169,32 @@ def load_text_encoder(cfg: BackboneConfig, device: torch.device, dtype: torch.dt
         if cls is None:
             pipeline = cfg.backbone.pipeline_cls()
             return load_component(pipeline, cfg.pretrained, None, f"backbone.pretrained ({cfg.backbone.pipeline_class}'s text encoders)",
-                                  torch_dtype=dtype, **kwargs)
+                                  dtype=dtype, **kwargs)
+        cls = indexed_class(cfg.pretrained, sub) or cls
         return load_component(cls, cfg.pretrained, sub, f"backbone.pretrained ({sub})", **({} if "token" in sub else {"dtype": dtype}))
 
     return cfg.backbone.text_encoder(load, cfg, device, dtype)
+
+
+def indexed_class(source: str, component: str):
+    """The class the pipeline's model_index.json names for ``component``, as DiffusionPipeline loads
+    it (a tokenizer by its own class, not AutoTokenizer, which would look for a config.json that a
+    pipeline's tokenizer folder does not hold); None when the index does not name one."""
+    import diffusers
+    import transformers
+
+    path = resolve_file(source, ["model_index.json"], "backbone.pretrained")
+    library, name = (json.loads(path.read_text()).get(component) or [None, None])[:2]
+    module = {"transformers": transformers, "diffusers": diffusers}.get(library)
+    return getattr(module, name, None) if module is not None and name else None
 
 
 def load_pipeline(cfg: BackboneConfig, device: torch.device) -> Pipeline:
     from diffusers import AutoModel
 
     dtype, src, bb = DTYPES[cfg.dtype], cfg.pretrained, cfg.backbone
-    net = load_component(bb.network_cls(), src, bb.network, f"backbone.pretrained ({cfg.kind} {bb.network})", torch_dtype=dtype)
-    vae = load_component(AutoModel, src, "vae", "backbone.pretrained (vae)", torch_dtype=dtype)
+    net = load_component(bb.network_cls(), src, bb.network, f"backbone.pretrained ({cfg.kind} {bb.network})", dtype=dtype)
+    vae = load_component(AutoModel, src, "vae", "backbone.pretrained (vae)", dtype=dtype)
     scheduler = load_component(AnyScheduler, src, "scheduler", "backbone.pretrained (scheduler)")
     encoder = load_text_encoder(cfg, device, dtype)
     for m in (net, vae):
@@ -188,7 +211,7 @@ def load_generator_net(cfg: BackboneConfig, reference_net: nn.Module, device: to
         sub = cfg.generator_subfolder
         if sub is None and Path(cfg.generator, bb.network).is_dir():
             sub = bb.network
-        net = load_component(bb.network_cls(), cfg.generator, sub, f"backbone.generator ({cfg.kind} {bb.network})", torch_dtype=dtype)
+        net = load_component(bb.network_cls(), cfg.generator, sub, f"backbone.generator ({cfg.kind} {bb.network})", dtype=dtype)
     else:
         net = copy.deepcopy(reference_net).to(dtype)
     if cfg.generator_weights:
@@ -244,7 +267,17 @@ def check_lora_targets(net: nn.Module, targets: list[str]) -> None:
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         raise ConfigError(f"backbone.lora_targets: {', '.join(missing)} name no module of the {type(net).__name__} "
-                          f"(its attention projections are e.g. {', '.join(sorted({n.rsplit('.', 1)[-1] for n in names if 'attn' in n})[:6])})")
+                          f"(its attention's linear layers are {', '.join(attention_linears(net)[:8])})")
+
+
+def attention_linears(net: nn.Module) -> list[str]:
+    """The names, as LoRA targets, of the linear layers inside the network's attention blocks (to_q, to_out.0, ...)."""
+    found = set()
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear) and "attn" in name:
+            parts = name.split(".")
+            found.add(".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1])
+    return sorted(found)
 
 
 def check_compatible(cfg: BackboneConfig, pipe: Pipeline, gen_net: nn.Module, rows: list[dict]) -> None:

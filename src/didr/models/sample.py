@@ -35,8 +35,8 @@ class Sampler:
         self.cfg, self.bb = cfg, cfg.backbone
         self.device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
         source = str(network_source or cfg.pretrained)
-        self.net = load_component(self.bb.network_cls(), source, self.bb.network, "the generator's network", torch_dtype=dtype).to(self.device).eval()
-        self.vae = load_component(AutoModel, cfg.pretrained, "vae", "backbone.pretrained (vae)", torch_dtype=dtype).to(self.device).eval()
+        self.net = load_component(self.bb.network_cls(), source, self.bb.network, "the generator's network", dtype=dtype).to(self.device).eval()
+        self.vae = load_component(AutoModel, cfg.pretrained, "vae", "backbone.pretrained (vae)", dtype=dtype).to(self.device).eval()
         self.scheduler = load_component(AnyScheduler, cfg.pretrained, "scheduler", "backbone.pretrained (scheduler)")
         self.encoder = load_text_encoder(cfg, self.device, dtype)
         self.shape = latent_shape(cfg, self.vae)
@@ -50,10 +50,11 @@ class Sampler:
     def null_cond(self, cond: dict[str, Any]) -> dict[str, Any]:
         return PromptSet([""], [self.null], self.null, self.bb.shared_cond(self.cfg)).null_cond(cond)
 
-    def denoiser(self, steps: int = 50):
-        """The network's denoiser, on the schedule its scheduler gives for this size and step count."""
+    def denoiser(self, steps: int = 50, prediction: str | None = None):
+        """The network's denoiser, on the schedule its scheduler gives for this size and step count;
+        it predicts ``prediction`` (default: what the base's scheduler says)."""
         schedule = schedule_from_scheduler(self.scheduler, self.bb.family.name, self.bb.tokens(self.shape), steps)
-        prediction = getattr(self.scheduler.config, "prediction_type", "epsilon") or "epsilon"
+        prediction = prediction or getattr(self.scheduler.config, "prediction_type", "epsilon") or "epsilon"
         den = make_denoiser(self.net, schedule, self.bb.family.name, prediction, self.cfg.autocast)
         den.guidance = self.cfg.distilled_guidance
         return den
@@ -69,9 +70,9 @@ class Sampler:
         return torch.randn(n, *self.shape, generator=stream).to(self.device), stream
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], times: list[float], renoise: str = "ddim", seed: int = 0) -> Tensor:
+    def sample(self, prompts: list[str], times: list[float], renoise: str = "ddim", seed: int = 0, prediction: str | None = None) -> Tensor:
         """The latents a generator with these times draws for ``prompts`` from seed ``seed``."""
-        generator = StepGenerator(self.denoiser(len(times)), times, renoise=renoise).eval()  # eval: every step runs
+        generator = StepGenerator(self.denoiser(len(times), prediction), times, renoise=renoise).eval()  # eval: every step runs
         z, stream = self.noise(len(prompts), seed)
         return generator(z, self.cond(prompts), stream)
 
@@ -100,7 +101,7 @@ def sample_images(run_dir: Path, prompts: list[str], seed: int = 0) -> Tensor:
     its exported pipeline called with ``generator=torch.Generator().manual_seed(seed)`` and its ``call``."""
     cfg, info = load_run(run_dir)
     sampler = Sampler(cfg, run_dir / "export")
-    return sampler.decode(sampler.sample(prompts, info["times"], info.get("renoise", "ddim"), seed))
+    return sampler.decode(sampler.sample(prompts, info["times"], info.get("renoise", "ddim"), seed, info.get("prediction_type")))
 
 
 def save_png(image: Tensor, path: Path) -> None:

@@ -47,7 +47,11 @@ def load_prompts(source: str | Path) -> list[str]:
     path = Path(source).expanduser()
     if not path.is_file():
         raise ConfigError(f"prompt file not found: {path} (expected a .txt file, one prompt per line, or a .jsonl file)")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"prompt file {path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if path.suffix == ".jsonl":
         return [_jsonl_prompt(line, path, i + 1) for i, line in enumerate(lines)]
     if not lines:

@@ -180,7 +180,7 @@ def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
                                 attention_head_dim=(2, 4), cross_attention_dim=TEXT_WIDTH, norm_num_groups=8)
     pipe = StableDiffusionPipeline(vae=tiny_vae(4), text_encoder=CLIPTextModel(_clip_text_config(len(tokenizer))).eval(), tokenizer=tokenizer,
                                    unet=unet, scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                                                               timestep_spacing="trailing"),
+                                                                               timestep_spacing="trailing", steps_offset=1),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return _save(pipe, folder)
 
@@ -267,6 +267,26 @@ def save_tiny_qwenimage(folder: Path, seed: int = 0) -> Path:
 TINY_BUILDERS = {"sdxl": save_tiny_sdxl, "sd": save_tiny_sd, "zimage": save_tiny_zimage, "sd3": save_tiny_sd3, "flux": save_tiny_flux,
                  "flux2": save_tiny_flux2, "qwenimage": save_tiny_qwenimage}
 
+
+
+def move_into_place(source: Path, folder: Path, done: str) -> Path:
+    """Move the complete folder ``source`` to ``folder`` (a copy first when across file systems),
+    ending in one rename, unless another process of the launch got there first."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if (folder / done).is_file():
+        shutil.rmtree(source, ignore_errors=True)
+        return folder
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.move(str(source), str(tmp))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process renamed its copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / done).is_file():
+            raise
+    return folder
 
 
 def build_once(folder: Path, build, done: str) -> Path:

@@ -28,13 +28,14 @@ from didr.models.backbones.flux import FLUX, FLUX_FAMILY
 from didr.models.backbones.flux2 import FLUX2, FLUX2_FAMILY
 from didr.models.backbones.qwenimage import QWEN_FAMILY, QWENIMAGE
 from didr.models.backbones.sd3 import SD3, SD3_FAMILY
-from didr.models.backbones.unet import SD, SDXL, UNET
+from didr.models.backbones.unet import SD, SDXL, UNET, UNET_DENOISERS
 from didr.models.backbones.zimage import ZIMAGE, ZIMAGE_FAMILY
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (UNET, ZIMAGE_FAMILY, SD3_FAMILY, FLUX_FAMILY, FLUX2_FAMILY, QWEN_FAMILY)}
 BACKBONES: dict[str, Backbone] = {b.kind: b for b in (SDXL, SD, ZIMAGE, SD3, FLUX, FLUX2, QWENIMAGE)}
+UNET_PREDICTIONS = tuple(UNET_DENOISERS)  # what a UNet may predict: epsilon, v_prediction, sample
 
-__all__ = ["AUTOCAST_DTYPES", "BACKBONES", "FAMILIES", "Backbone", "Family", "backbone", "make_denoiser", "schedule_from_scheduler"]
+__all__ = ["AUTOCAST_DTYPES", "BACKBONES", "FAMILIES", "UNET_PREDICTIONS", "Backbone", "Family", "backbone", "make_denoiser", "schedule_from_scheduler"]
 
 
 def backbone(kind: str) -> Backbone:
