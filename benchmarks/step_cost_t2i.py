@@ -4,6 +4,8 @@ DI++ in the same run. Random weights, so no download is needed.
     python benchmarks/step_cost_t2i.py                        # on a GPU: both backbones at 1024 px
     python benchmarks/step_cost_t2i.py --backbones sdxl --grid full
     python benchmarks/step_cost_t2i.py --tiny                 # CPU, tiny pipelines: checks that the script works
+    python benchmarks/step_cost_t2i.py --grid check           # the GPU check: DI++, DIDR k = 1, 2 on SDXL and Z-Image (< 8 min)
+    python benchmarks/step_cost_t2i.py --grid check --device cpu --resolution 64 --warmup 0 --repeats 1 --ta-updates 1   # the same on a CPU
 
 The networks are the published configurations (``didr.testing.true_shapes``), written once as
 pipeline folders under ``--cache`` in bf16 and loaded through ``backbone.pretrained``, the path that
@@ -17,7 +19,12 @@ Grids: ``axes`` (the default) varies one factor at a time around batch 1, LoRA, 
 DRP k = 1: batch 1/2/4, DRP k = 1/2/4, checkpointing off, full fine-tuning, shared base. ``full``
 runs every combination of batch, LoRA/full, checkpointing and k. Each DIDR row is divided by the
 DI++ row with the same backbone, batch, LoRA/full, checkpointing and base sharing. ``smoke``: two
-rows and their DI++ rows, to check the script. The table goes
+rows and their DI++ rows, to check the script. ``check``: per backbone, DI++ and DIDR with DRP k = 1
+and 2, LoRA generator over the shared base, batch 1 (the one-command GPU check; on a CPU at reduced
+resolution it fits in 24 GB with Z-Image at full depth). Each row also shows
+``memory_estimate.py``'s estimate for its setting (one DIDR generator update; DI++ skips the DRS
+backward, so its estimate is an upper bound), and on a CPU the peak resident memory during its steps
+(VmHWM, reset after the build). The table goes
 to ``benchmarks/results/step_cost_t2i.md`` with the command, the machine and the date.
 """
 
@@ -36,6 +43,7 @@ from pathlib import Path
 import torch
 
 from didr.eval.report import Provenance
+from didr.runtime import quiet_libraries
 
 HERE = Path(__file__).resolve().parent
 GIB = 2**30
@@ -66,6 +74,8 @@ def grid(backbones: list[str], kind: str) -> list[Row]:
     for b in backbones:
         if kind == "smoke":  # a check of the script: DRP k = 2 and full fine-tuning, with their DI++ rows
             rows += [Row(b, drp_steps=2), Row(b, lora=False)]
+        elif kind == "check":  # the one-command check: DIDR k = 1 and 2 against DI++, one base network
+            rows += [Row(b, shared=True), Row(b, shared=True, drp_steps=2)]
         elif kind == "full":
             for batch, lora, ckpt, k in itertools.product((1, 2, 4), (True, False), (True, False), (1, 2, 4)):
                 rows.append(Row(b, batch=batch, lora=lora, checkpointing=ckpt, drp_steps=k))
@@ -121,11 +131,31 @@ def run_config(row: Row, pipe: Path, reward: str, args) -> dict:
 
 
 def peak_memory(device: torch.device) -> float:
+    """Peak GPU memory since the last reset, or the process's peak resident memory (VmHWM) since the last reset."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / GIB
-    import resource
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / GIB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # the whole process's, since it started
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to the current RSS
+
+
+def estimate_gib(row: Row, args) -> float:
+    """memory_estimate.py's total for the row's setting (reward in float32, as the run loads it)."""
+    sys.path.insert(0, str(HERE))
+    from memory_estimate import Setting, estimate
+
+    setting = Setting(backbone=row.backbone, resolution=args.resolution, batch=row.batch, lora_rank=args.lora_rank if row.lora else 0,
+                      ta_lora_rank=args.lora_rank, share_base=row.shared, checkpointing=row.checkpointing)
+    return estimate(setting)["total"]
 
 
 def measure(row: Row, pipe: Path, reward: str, args, work: Path) -> dict:
@@ -143,9 +173,7 @@ def measure(row: Row, pipe: Path, reward: str, args, work: Path) -> dict:
         device = t2i.device
         objective = build_objective(cfg.method, t2i.generator.schedule, t2i.reward)
         trainer = Trainer(Alignment(t2i.generator, t2i.reference, t2i.ta, objective, t2i.sample_inputs), cfg.train, None)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         times = []
         for i in range(args.warmup + args.repeats):
             t0 = time.perf_counter()
@@ -154,7 +182,8 @@ def measure(row: Row, pipe: Path, reward: str, args, work: Path) -> dict:
                 torch.cuda.synchronize(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
-        return {"seconds": statistics.median(times), "peak_gib": peak_memory(device), "bad_steps": logs.get("bad_steps", 0.0)}
+        return {"seconds": statistics.median(times), "peak_gib": peak_memory(device), "bad_steps": logs.get("bad_steps", 0.0),
+                "estimate_gib": None if args.tiny else estimate_gib(row, args)}
     except torch.OutOfMemoryError:
         return {"error": "OOM"}
     finally:
@@ -165,24 +194,25 @@ def measure(row: Row, pipe: Path, reward: str, args, work: Path) -> dict:
 
 
 def table(results: dict[Row, dict], device_type: str) -> list[str]:
-    memory = "peak GPU memory, GiB" if device_type == "cuda" else "peak RSS of the process so far, GiB"
-    lines = [f"| configuration | s / outer step | {memory} | time / DI++ | memory / DI++ |", "|---|---|---|---|---|"]
+    memory = "peak GPU memory, GiB" if device_type == "cuda" else "peak RSS during the steps, GiB"
+    lines = [f"| configuration | s / outer step | {memory} | estimate, GiB | time / DI++ | memory / DI++ |", "|---|---|---|---|---|---|"]
     for row, res in results.items():
         if "error" in res:
-            lines.append(f"| {row.label()} | {res['error']} | {res['error']} | - | - |")
+            lines.append(f"| {row.label()} | {res['error']} | {res['error']} | - | - | - |")
             continue
+        est = f"{res['estimate_gib']:.2f}" if res.get("estimate_gib") is not None else "-"
         base = results.get(row.baseline, {})
         ratio_t = f"{res['seconds'] / base['seconds']:.2f}" if "seconds" in base else "-"
         ratio_m = f"{res['peak_gib'] / base['peak_gib']:.2f}" if "peak_gib" in base else "-"
         note = f" ({res['bad_steps']:.0f} skipped)" if res.get("bad_steps") else ""
-        lines.append(f"| {row.label()} | {res['seconds']:.3f}{note} | {res['peak_gib']:.2f} | {ratio_t} | {ratio_m} |")
+        lines.append(f"| {row.label()} | {res['seconds']:.3f}{note} | {res['peak_gib']:.2f} | {est} | {ratio_t} | {ratio_m} |")
     return lines
 
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbones", default="sdxl,zimage")
-    p.add_argument("--grid", choices=["axes", "full", "smoke"], default="axes")
+    p.add_argument("--grid", choices=["axes", "full", "smoke", "check"], default="axes")
     p.add_argument("--resolution", type=int, default=None, help="default: 1024 (16 with --tiny)")
     p.add_argument("--lora-rank", type=int, default=64)
     p.add_argument("--ta-updates", type=int, default=5, help="TA updates per outer step (DMD2's SDXL run: 5)")
@@ -194,6 +224,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", default=str(HERE / "results" / "step_cost_t2i.md"))
     args = p.parse_args(argv)
     args.resolution = args.resolution or (16 if args.tiny else 1024)
+    quiet_libraries()
     cache = Path(args.cache or Path.home() / ".cache" / "didr-bench")
     cache.mkdir(parents=True, exist_ok=True)
     rows = grid([b.strip() for b in args.backbones.split(",") if b.strip()], args.grid)
@@ -206,7 +237,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(row.label(), results[row], flush=True)
     cmd = "python benchmarks/step_cost_t2i.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        "# Seconds and memory per outer DIDR step at 1024 px, against DI++" if not args.tiny else "# Step cost, tiny pipelines (a check of the script)",
+        f"# Seconds and memory per outer DIDR step at {args.resolution} px, against DI++" if not args.tiny else "# Step cost, tiny pipelines (a check of the script)",
         "",
         *Provenance.here(cmd).lines(),
         f"Medians over {args.repeats} outer steps after {args.warmup} warm-up; "
