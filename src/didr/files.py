@@ -80,3 +80,12 @@ def atomic_write_text(text: str, path: Path) -> None:
         os.fsync(f.fileno())
     tmp.replace(path)
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    """``data`` to a temporary file beside ``path``, then renamed over it: a reader sees all or nothing."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    tmp.replace(path)

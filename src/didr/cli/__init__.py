@@ -1,4 +1,5 @@
-"""The ``didr`` command line: ``didr toy``, ``didr train``, ``didr bench``, ``didr score``, ``didr sample``.
+"""The ``didr`` command line: ``didr toy``, ``didr train``, ``didr bench``, ``didr score``, ``didr sample``,
+``didr eval`` and ``didr compare``.
 
 Each subcommand is a module of this package exposing ``register(subparsers)``: it adds its parser
 and sets ``func`` to a function taking the parsed arguments and returning an exit status. The
@@ -12,11 +13,11 @@ import argparse
 import sys
 
 from didr import __version__
-from didr.cli import bench, sample, score, toy, train
+from didr.cli import bench, evaluate, sample, score, toy, train
 from didr.errors import DidrError
 from didr.runtime import quiet_libraries
 
-SUBCOMMANDS = (toy, train, bench, score, sample)
+SUBCOMMANDS = (toy, train, bench, score, sample, evaluate)
 
 
 class _Parser(argparse.ArgumentParser):

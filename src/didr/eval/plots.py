@@ -36,3 +36,33 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 10, title: str | Non
         ax.set_title(title, fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def image_grid(columns: dict[str, list[Path]], prompts: list[str], path: str | Path, max_rows: int = 8, cell: float = 1.8) -> Path:
+    """Prompts (rows, at most ``max_rows``) x generators (columns) of RGB images from files, each
+    column headed by its generator and each row by its prompt (shortened), written to ``path``."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    names, rows = list(columns), min(max_rows, len(prompts))
+    fig, axes = plt.subplots(rows, len(names), figsize=(cell * len(names) + 1.6, cell * rows + 0.3), squeeze=False)
+    for c, name in enumerate(names):
+        for r in range(rows):
+            ax = axes[r][c]
+            with Image.open(columns[name][r]) as im:
+                ax.imshow(np.asarray(im.convert("RGB")), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if c == 0:
+                ax.set_ylabel("\n".join(textwrap.wrap(textwrap.shorten(prompts[r], 60), 22)), fontsize=7, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -181,7 +181,7 @@ def _batches(files: Sequence[Path], batch_size: int) -> Iterable[tuple[list[int]
         yield idx, torch.stack(imgs)
 
 
-def _named_rewards(rewards: Any, device: Any, dtype: Any) -> dict[str, Callable]:
+def named_rewards(rewards: Any, device: Any, dtype: Any) -> dict[str, Callable]:
     """Specs or callables (a list, or a dict by name) -> {unique name: reward}."""
     if isinstance(rewards, (str, bytes)) or callable(rewards):
         rewards = [rewards]
@@ -222,7 +222,7 @@ def score_images(
         texts: list[str | None] = _in_order(files, list(prompts), Path("<prompts>"))
     else:
         texts = read_prompts(files, prompts, prompt)
-    named = _named_rewards(rewards, device, dtype)
+    named = named_rewards(rewards, device, dtype)
     result = ScoreResult([f.name for f in files], texts, {n: [math.nan] * len(files) for n in named},
                          {n: reward_info(r) for n, r in named.items()})
     with torch.no_grad():
