@@ -89,11 +89,24 @@ QUIET_LIBRARIES = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "er
                    "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 
 
+_QUIET = False
+
+
+def keep_quiet() -> None:
+    """After :func:`quiet_libraries`, quiet the libraries imported since (diffusers keeps its progress
+    bars on whatever the environment says): called before didr loads a pipeline."""
+    if _QUIET:
+        quiet_libraries()
+
+
 def quiet_libraries() -> None:
     """Keep transformers', diffusers' and huggingface_hub's warnings and their progress bars (writing,
     loading and fetching shards) off the terminal, so that didr's own progress and a one-line error
     are what a user sees. Values the user set in the environment win."""
     import sys
+
+    global _QUIET
+    _QUIET = True
     import warnings
 
     # diffusers passes huggingface_hub an argument it has retired, on every load

@@ -27,6 +27,7 @@ from torch import Tensor
 from didr.errors import ConfigError, ModelLoadError
 from didr.files import atomic_write_bytes
 from didr.hub import HUB_ID, describe_ref, is_local
+from didr.runtime import keep_quiet
 
 #: options of a generator spec and the pipeline keyword each sets (name is didr's own)
 OPTIONS = {"steps": "num_inference_steps", "guidance": "guidance_scale", "true_cfg": "true_cfg_scale", "timesteps": "timesteps",
@@ -105,6 +106,7 @@ def image_name(prompt_index: int, seed: int) -> str:
 def load_pipeline(spec: GeneratorSpec, device: torch.device, dtype: torch.dtype):
     import diffusers
 
+    keep_quiet()
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(spec.source, dtype=dtype)
     except (OSError, ValueError, EnvironmentError) as err:

@@ -26,7 +26,7 @@ from didr.models.export import FROZEN_MODES
 from didr.models.generators import RENOISE
 from didr.models.lora import DEFAULT_TARGETS, adapter_rank, add_lora, load_lora
 from didr.models.text import BUILTIN, PromptSet, encode, load_cached, load_prompts, save_cached
-from didr.runtime import DTYPES
+from didr.runtime import DTYPES, keep_quiet
 
 
 @dataclass
@@ -131,6 +131,7 @@ def load_component(cls: Any, source: str, subfolder: str | None, what: str, **kw
         raise ModelLoadError(f"{what}: no path or hub id given (expected a diffusers folder holding {subfolder or 'the model'})")
     if is_local(source) and not Path(where).expanduser().is_dir():
         raise ModelLoadError(f"{what}: {where} does not exist (expected a diffusers {subfolder or 'model'} folder)")
+    keep_quiet()
     try:
         return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
     except (OSError, ValueError, EnvironmentError) as err:
