@@ -24,6 +24,8 @@ from torch import nn
 from didr.diffusion.denoiser import GuidedDenoiser
 from didr.diffusion.schedules import NoiseSchedule
 from didr.errors import ConfigError, ModelLoadError
+from didr.eval.score import named_rewards
+from didr.experiments.heldout import HeldOutEvaluation
 from didr.hub import is_local
 from didr.models.backbones import make_denoiser, schedule_from_scheduler
 from didr.models.decode import LatentReward, VaeDecoder
@@ -43,9 +45,10 @@ from didr.models.pipeline import (
     load_component,
     load_generator_net,
     load_pipeline,
+    split_prompts,
 )
 from didr.models.shared import SharedDenoiser, enable_checkpointing
-from didr.models.text import PromptSet, load_prompts
+from didr.models.text import PromptSet
 from didr.objectives.config import build_objective
 from didr.rewards.registry import check_reward_reference, load_reward
 from didr.runtime import is_main_process, resolve_device
@@ -101,6 +104,7 @@ class TextToImage:
     device: torch.device
     schedule: NoiseSchedule  # the reference's (M1): the noise levels the objective compares scores at
     generator_scheduler_config: dict  # the generator's own scheduler (its shift, its prediction type): the export's starts from it
+    held_out: PromptSet | None = None  # prompts kept out of training for its evaluations (backbone.eval_prompts)
 
     def sample_inputs(self, n: int, generator: torch.Generator | None = None):
         z = torch.randn(n, *self.latent_shape, generator=generator).to(self.device)
@@ -121,14 +125,14 @@ def check_sharing_under_fsdp(cfg: BackboneConfig) -> None:
                           "set backbone.ta_lora_rank=0")
 
 
-def check_before_writing(cfg: BackboneConfig) -> None:
-    """What can be checked before any file is written: every weight reference, the prompt file,
-    the reward spec and the sharding."""
+def check_before_writing(cfg: BackboneConfig, held_out: bool = False) -> None:
+    """What can be checked before any file is written: every weight reference, the prompt files,
+    the reward specs and the sharding."""
     check_references(cfg)
-    if not cfg.prompt_list:
-        load_prompts(cfg.prompts)
-    if cfg.reward != "tiny-clip":
-        check_reward_reference(cfg.reward)
+    split_prompts(cfg, held_out)
+    for spec in [cfg.reward, *(cfg.eval_rewards if held_out else [])]:
+        if spec != "tiny-clip":
+            check_reward_reference(spec)
     check_sharing_under_fsdp(cfg)
 
 
@@ -144,15 +148,16 @@ def generator_scheduler(cfg: BackboneConfig, pipe: Pipeline):
     return pipe.scheduler
 
 
-def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
+def build(cfg: BackboneConfig, out_dir: Path, held_out: bool = False) -> TextToImage:
     """Load, check and wire the models of a text-to-image run (no training step yet). Every check
     runs before anything is written under ``out_dir``: tiny random models are built outside it and
-    moved in, and the text cache written, once all passed."""
-    check_before_writing(cfg)
+    moved in, and the text cache written, once all passed. ``held_out``: keep ``backbone.eval_prompts``
+    out of training, for the run's evaluations."""
+    check_before_writing(cfg, held_out)
     with tempfile.TemporaryDirectory(prefix="didr-tiny-") as staging:
         if cfg.tiny:
             cfg = with_tiny(cfg, out_dir, Path(staging))
-        t2i, save_prompt_cache = wire(cfg, out_dir, reward_spec(cfg, out_dir, Path(staging)))
+        t2i, save_prompt_cache = wire(cfg, out_dir, reward_spec(cfg, out_dir, Path(staging)), held_out)
         if cfg.tiny:  # each process of a launch keeps its copy unless another's got there first
             keep_staged(t2i.cfg, out_dir, Path(staging))
     if is_main_process():
@@ -160,14 +165,14 @@ def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
     return t2i
 
 
-def wire(cfg: BackboneConfig, out_dir: Path, reward: str) -> tuple[TextToImage, Callable[[], None]]:
+def wire(cfg: BackboneConfig, out_dir: Path, reward: str, held_out: bool = False) -> tuple[TextToImage, Callable[[], None]]:
     """:func:`build`'s loading, checks and wiring; returns the run and the function that writes its text cache."""
     device, bb = resolve_device(cfg.device), cfg.backbone
     pipe = load_pipeline(cfg, device)
     if cfg.tiny:
         pipe.encoder_id = f"{cfg.kind}:tiny"  # the same random weights wherever they were built (staged, then OUT/tiny)
     gen_net = pipe.net if cfg.shares_reference else load_generator_net(cfg, pipe.net, device)
-    prompts, save_prompt_cache = build_prompts(cfg, pipe, Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "text_cache")
+    prompts, held_out_prompts, save_prompt_cache = build_prompts(cfg, pipe, Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "text_cache", held_out)
     check_compatible(cfg, pipe, gen_net, prompts.rows)
     shape = latent_shape(cfg, pipe.vae)
     pipe.encoder = None  # the embeddings are cached: the text encoders are no longer needed
@@ -205,7 +210,8 @@ def wire(cfg: BackboneConfig, out_dir: Path, reward: str) -> tuple[TextToImage, 
     generator = StepGenerator(gen_den, times, checkpoint=cfg.gradient_checkpointing, renoise=cfg.generator_renoise)
     decoder = VaeDecoder(pipe.vae, cfg.decode_micro_batch, cfg.decode_checkpoint, cfg.decode_downscale, decode=bb.decode)
     reward = LatentReward(load_reward(reward, device=device), decoder)
-    return TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device, schedule, gen_scheduler_config), save_prompt_cache
+    t2i = TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device, schedule, gen_scheduler_config, held_out_prompts)
+    return t2i, save_prompt_cache
 
 
 def build_run_objective(run_cfg, t2i: TextToImage):
@@ -230,3 +236,12 @@ def run_text_to_image(run_cfg, out_dir: Path, t2i: TextToImage | None = None) ->
     if is_main_process():  # every process holds the same generator; one writes it
         export_generator(t2i, trainer.sampling_generator, out_dir / "export")
     return {k: float(v) for k, v in logs.items()}
+
+
+def held_out_evaluation(t2i: TextToImage, out_dir: Path) -> HeldOutEvaluation | None:
+    """The run's evaluation on its held-out prompts (None when it holds none out)."""
+    if t2i.held_out is None:
+        return None
+    held_out_rewards = named_rewards(t2i.cfg.eval_rewards, t2i.device, None) if t2i.cfg.eval_rewards else {}
+    return HeldOutEvaluation(t2i.held_out, t2i.latent_shape, t2i.reward.decoder, t2i.reward.reward, held_out_rewards, t2i.cfg.eval_seeds,
+                             out_dir, t2i.device)

@@ -47,6 +47,9 @@ class BackboneConfig:
     prompts: str = "builtin"  # .txt (one per line), .jsonl (prompt / caption / text field), or builtin: 50 prompts that ship with didr
     prompt_list: list[str] = field(default_factory=list)  # inline prompts, used instead of `prompts` when given
     negative_prompt: str = ""
+    eval_prompts: str = "split:8"  # held-out prompts when train.eval_every > 0: split:N (the last N, kept out of training) or a prompt file
+    eval_seeds: int = 2  # seeds per held-out prompt
+    eval_rewards: list[str] = field(default_factory=list)  # rewards the run does not train on, measured on the held-out prompts
     cfg_scale: float | None = None  # reference CFG scale w of (M4); None = the backbone's default
     cfg_normalization: float = 0.0  # Z-Image: the guided velocity's norm at most this times the conditional one's (0 = off)
     distilled_guidance: float = 3.5  # the guidance input of guidance-distilled networks (FLUX.1-dev); ignored by others
@@ -101,6 +104,10 @@ class BackboneConfig:
                 + (f" (the {self.kind} networks predict the flow velocity)" if self.backbone.family.flow else ""))
         require(not (self.prompt_list and self.prompts != BUILTIN), f"{path}.prompt_list",
                 f"and {path}.prompts={self.prompts!r} both name the prompts; give one")
+        require(self.eval_seeds >= 1, f"{path}.eval_seeds", f"must be >= 1, got {self.eval_seeds}")
+        if self.eval_prompts.startswith("split:"):
+            count = self.eval_prompts.removeprefix("split:")
+            require(count.isdigit() and int(count) >= 1, f"{path}.eval_prompts", f"split:N needs a count N >= 1, got {self.eval_prompts!r}")
         require(not self.cfg_normalization or self.kind == "zimage", f"{path}.cfg_normalization", "is Z-Image's option; other backbones do not take it")
 
     @property
@@ -301,20 +308,36 @@ def latent_shape(cfg: BackboneConfig, vae) -> tuple[int, int, int]:
     return cfg.backbone.latent_shape(cfg, vae)
 
 
-def build_prompts(cfg: BackboneConfig, pipe: Pipeline, cache_dir: Path) -> tuple[PromptSet, Callable[[], None]]:
-    """The run's prompts, encoded once, with the null prompt for CFG: from the cache under
-    ``cache_dir`` when they are there, and a function that saves them there (called once the run
-    passed its start-up checks, so that a refused run writes nothing)."""
+def split_prompts(cfg: BackboneConfig, held_out: bool) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out prompts): with ``held_out``, ``eval_prompts`` names the held-out ones,
+    ``split:N`` the last N of the prompt set (which then trains on the others) or a prompt file."""
     prompts = list(cfg.prompt_list) or load_prompts(cfg.prompts or BUILTIN)
-    sets = [(prompts, load_cached(pipe.encoder_id, prompts, cache_dir)), ([cfg.negative_prompt], load_cached(pipe.encoder_id, [cfg.negative_prompt], cache_dir))]
-    new = [i for i, (_, rows) in enumerate(sets) if rows is None]
-    sets = [(texts, encode(pipe.encoder, texts) if rows is None else rows) for texts, rows in sets]
-    (_, rows), (_, (null,)) = sets
+    if not held_out:
+        return prompts, []
+    if cfg.eval_prompts.startswith("split:"):
+        n = int(cfg.eval_prompts.removeprefix("split:"))
+        if n >= len(prompts):
+            raise ConfigError(f"backbone.eval_prompts: split:{n} would hold out all {len(prompts)} prompts; keep some to train on")
+        return prompts[:-n], prompts[-n:]
+    return prompts, load_prompts(cfg.eval_prompts)
+
+
+def build_prompts(cfg: BackboneConfig, pipe: Pipeline, cache_dir: Path, held_out: bool = False) -> tuple[PromptSet, PromptSet | None, Callable[[], None]]:
+    """The run's prompts (and held-out prompts), encoded once, with the null prompt for CFG: from the
+    cache under ``cache_dir`` when they are there, and a function that saves them there (called once
+    the run passed its start-up checks, so that a refused run writes nothing)."""
+    train, evaluate = split_prompts(cfg, held_out)
+    texts = [train, [cfg.negative_prompt], *([evaluate] if evaluate else [])]
+    cached = [load_cached(pipe.encoder_id, t, cache_dir) for t in texts]
+    new = [i for i, rows in enumerate(cached) if rows is None]
+    rows = [encode(pipe.encoder, t) if r is None else r for t, r in zip(texts, cached)]
+    (null,) = rows[1]
     if cfg.backbone.zero_null_prompt and not cfg.negative_prompt:
         null = {k: torch.zeros_like(v) for k, v in null.items()}
 
     def save() -> None:
         for i in new:
-            save_cached(pipe.encoder_id, *sets[i], cache_dir)
+            save_cached(pipe.encoder_id, texts[i], rows[i], cache_dir)
 
-    return PromptSet(prompts, rows, null, cfg.backbone.shared_cond(cfg)), save
+    shared = cfg.backbone.shared_cond(cfg)
+    return PromptSet(train, rows[0], null, shared), (PromptSet(evaluate, rows[2], null, shared) if evaluate else None), save
