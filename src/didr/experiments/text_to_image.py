@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from didr.diffusion.denoiser import GuidedDenoiser
-from didr.errors import ConfigError
 from didr.models.backbones import make_denoiser, schedule_from_scheduler
 from didr.models.decode import LatentReward, VaeDecoder
 from didr.models.export import export_generator
@@ -40,9 +39,8 @@ from didr.models.shared import SharedDenoiser, enable_checkpointing
 from didr.models.text import PromptSet
 from didr.objectives.config import build_objective
 from didr.rewards.registry import load_reward
-from didr.runtime import is_main_process, resolve_device
+from didr.runtime import resolve_device
 from didr.testing.tiny import TINY_BUILDERS, build_once, save_tiny_clip
-from didr.train.distributed import requested_sharding
 from didr.train.loop import Alignment, Trainer
 
 
@@ -75,31 +73,17 @@ class TextToImage:
     reward: LatentReward
     latent_shape: tuple[int, int, int]
     device: torch.device
+    networks: list[nn.Module]  # the distinct networks the roles call (sharded one by one under FSDP2)
 
     def sample_inputs(self, n: int, generator: torch.Generator | None = None):
         z = torch.randn(n, *self.latent_shape, generator=generator).to(self.device)
         return z, self.prompts.sample(n, generator, self.device)
 
 
-def check_sharing_under_fsdp(cfg: BackboneConfig) -> None:
-    """FSDP shards the networks of the modules it wraps; a role over a shared frozen base calls a
-    network that FSDP cannot see (its blocks are not the wrapped module's), so under FSDP each
-    trained role needs a network of its own."""
-    if requested_sharding() != "FSDP":
-        return
-    if cfg.shares_reference:
-        raise ConfigError("backbone.share_base: under FSDP the generator needs its own network, not an adapter over the shared "
-                          "reference; set backbone.share_base=false")
-    if cfg.ta_lora_rank:
-        raise ConfigError("backbone.ta_lora_rank: under FSDP the TA needs its own network, not an adapter over the shared reference; "
-                          "set backbone.ta_lora_rank=0")
-
-
 def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
     """Load, check and wire the models of a text-to-image run (no training step yet)."""
     if cfg.tiny:
         cfg = prepare_tiny(cfg, out_dir)
-    check_sharing_under_fsdp(cfg)
     device = resolve_device(cfg.device)
     pipe = load_pipeline(cfg, device)
     gen_net = pipe.net if cfg.shares_reference else load_generator_net(cfg, pipe.net, device)
@@ -129,7 +113,7 @@ def build(cfg: BackboneConfig, out_dir: Path) -> TextToImage:
     generator = StepGenerator(gen_den, times, checkpoint=cfg.gradient_checkpointing, renoise=cfg.generator_renoise)
     decoder = VaeDecoder(pipe.vae, cfg.decode_micro_batch, cfg.decode_checkpoint, cfg.decode_downscale)
     reward = LatentReward(load_reward(reward_spec(cfg, out_dir), device=device), decoder)
-    return TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device)
+    return TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device, nets)
 
 
 def build_run_objective(run_cfg, t2i: TextToImage):
@@ -147,9 +131,10 @@ def run_text_to_image(run_cfg, out_dir: Path) -> dict:
     """``didr train`` entry point: build, check, train with the configured objective, export."""
     t2i = build(run_cfg.backbone, out_dir)
     objective = build_run_objective(run_cfg, t2i)
-    alignment = Alignment(t2i.generator, t2i.reference, t2i.ta, objective, t2i.sample_inputs)
+    alignment = Alignment(t2i.generator, t2i.reference, t2i.ta, objective, t2i.sample_inputs, t2i.networks)
     trainer = Trainer(alignment, run_cfg.train, out_dir, desc=f"{run_cfg.method.name} {t2i.cfg.kind}")
     logs = trainer.run()
-    if is_main_process():  # every process holds the same generator; one writes it
-        export_generator(t2i, trainer.sampling_generator, out_dir / "export")
+    generator = trainer.unsharded_generator()  # whole on the main process (gathered under FSDP2), None elsewhere
+    if generator is not None:
+        export_generator(t2i, generator, out_dir / "export")
     return {k: float(v) for k, v in logs.items()}
