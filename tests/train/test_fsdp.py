@@ -116,3 +116,34 @@ def test_what_sharding_cannot_hold_is_refused_by_name():
     for errors in on_two_gloo_ranks(on_rank):
         assert len(errors) == 2 and errors[0].startswith("train.ema_decay: the EMA needs whole weights")
         assert errors[1].startswith("train.mixed_precision: fp16's grad scaler")
+
+
+def test_a_bf16_frozen_base_with_float32_adapters_trains_sharded_under_bf16_autocast():
+    """A unit mixing storage dtypes (a LoRA over a bf16 base) is gathered as bytes; the run's bf16
+    autocast applies as without sharding, and the adapters' gradients come back whole-model averaged."""
+    from torch import nn
+
+    from didr.train.fsdp import Sharded, grad_norm
+
+    class Adapted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base = nn.Linear(8, 8).to(torch.bfloat16).requires_grad_(False)
+            self.down, self.up = nn.Linear(8, 2, bias=False), nn.Linear(2, 8, bias=False)
+
+        def forward(self, x):
+            return self.base(x) + self.up(self.down(x))
+
+    def on_rank(rank):
+        torch.manual_seed(0)
+        net = Adapted()
+        Sharded([net], [net], ShardingPlan(), torch.device("cpu"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(torch.randn(4, 8, generator=torch.Generator().manual_seed(rank))).float().pow(2).mean()
+        loss.backward()
+        trained = [p for p in net.parameters() if p.requires_grad]
+        return float(loss), float(grad_norm(trained, float("inf"))), [p.dtype for p in net.parameters()]
+
+    (loss0, norm0, dtypes), (loss1, norm1, _) = on_two_gloo_ranks(on_rank)
+    assert dtypes == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]
+    assert norm0 == norm1 > 0 and loss0 != loss1  # each process its own batch, one averaged gradient

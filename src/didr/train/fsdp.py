@@ -120,18 +120,18 @@ class Sharded:
         check_disjoint(networks)
         self.plan, self.networks = plan, networks
         self.mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-        old = {}
+        old = {}  # holds the replaced parameters alive until they are rebound: their ids stay theirs
         for net in networks:
             net.to(device)
             broadcast_from_main(net)
-            old.update({id(p): (net, name) for name, p in net.named_parameters()})
+            old.update({id(p): (net, name, p) for name, p in net.named_parameters()})
         self.skeletons = [meta_skeleton(net) for net in networks]
         self.names = [type(net).__name__ for net in networks]
         for net in networks:
             for block in blocks(net, plan.block_classes):
                 fully_shard(block, mesh=self.mesh, reshard_after_forward=plan.reshard_after_forward)
             fully_shard(net, mesh=self.mesh, reshard_after_forward=plan.reshard_after_forward)
-        new = {key: net.get_parameter(name) for key, (net, name) in old.items()}
+        new = {key: net.get_parameter(name) for key, (net, name, _) in old.items()}
         for role in roles:
             rebind(role, new)
 
@@ -154,7 +154,8 @@ class Sharded:
 
     def unsharded_copy(self, module: nn.Module, main: bool) -> nn.Module | None:
         """A plain copy of ``module`` with every sharded network it calls rebuilt whole, on the
-        main process (None on the others). Collective: each network's weights are gathered."""
+        main process (None on the others), in the networks' kept skeletons. Collective: each
+        network's weights are gathered."""
         memo: dict[int, object] = {}
         for net, skeleton in zip(self.networks, self.skeletons):
             gathered = {name: whole(p, main) for name, p in net.named_parameters()}
@@ -179,7 +180,7 @@ def whole(t: Tensor, main: bool) -> Tensor | None:
 
 def full_state_dict(module: nn.Module, main: bool) -> dict[str, Tensor]:
     """``module``'s state dict with every sharded tensor gathered whole, on the main process's CPU
-    ({} elsewhere). Collective; one tensor at a time, so no process holds two networks' worth."""
+    ({} elsewhere). Collective, one tensor at a time: the other processes hold one whole tensor at most."""
     out = {}
     for name, value in module.state_dict().items():
         got = whole(value, main)
