@@ -19,11 +19,12 @@ from tests.helpers import assert_bit_identical, exported, tiny_alignment, tiny_c
 SAME_BATCH_ATOL = 1e-5
 
 
-def sharded_run(out, **cfg):
+def sharded_run(out, method="didr", **cfg):
     """A fork target: a 2-process FSDP2 run of the tiny alignment; returns this process's share of each network."""
 
     def on_rank(rank):
-        trainer = Trainer(tiny_alignment(), tiny_config(**cfg), out, accelerator=rank_accelerator(), sharding=ShardingPlan(), resume=True)
+        trainer = Trainer(tiny_alignment(method=method), tiny_config(**cfg), out, accelerator=rank_accelerator(), sharding=ShardingPlan(),
+                          resume=True)
         trainer.run()
         return [held_numel(net.parameters()) for net in trainer.sharded.networks]
 
@@ -43,7 +44,7 @@ def assert_close_runs(a, b, atol=SAME_BATCH_ATOL):
     common = [m for m in metrics(a) if m["step"] in by_step]
     assert common
     for ma in common:
-        for k in ("generator_loss", "ta_loss"):
+        for k in {"generator_loss", "ta_loss"} & ma.keys():
             assert ma[k] == pytest.approx(by_step[ma["step"]][k], rel=1e-5, abs=1e-6), (ma["step"], k)
 
 
@@ -57,6 +58,13 @@ def test_two_sharded_processes_hold_half_and_match_one_process_with_the_same_glo
     log = (tmp_path / "two" / "train.log").read_text()
     assert "world_size=2 parallelism=fsdp2 backend=gloo" in log and "sharded over 2 processes; parameters held: network 0" in log
     Trainer(tiny_alignment(), tiny_config(steps=6, grad_accum=2, log_every=1), tmp_path / "one").run()
+    assert_close_runs(tmp_path / "two", tmp_path / "one")
+
+
+@pytest.mark.parametrize("method", ["di", "dipp", "dmd", "dmdr", "refl"])
+def test_every_method_trains_sharded_as_one_process_does(tmp_path, method):
+    sharded_run(tmp_path / "two", method=method, steps=3, log_every=1)
+    Trainer(tiny_alignment(method=method), tiny_config(steps=3, grad_accum=2, log_every=1), tmp_path / "one").run()
     assert_close_runs(tmp_path / "two", tmp_path / "one")
 
 
