@@ -92,6 +92,7 @@ def test_sharded_checkpoints_resume_exactly_and_on_another_number_of_processes(t
     ({"FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}, "fsdp_state_dict_type is FULL_STATE_DICT"),
     ({"FSDP_AUTO_WRAP_POLICY": "SIZE_BASED_WRAP"}, "fsdp_auto_wrap_policy is SIZE_BASED_WRAP"),
     ({"FSDP_ACTIVATION_CHECKPOINTING": "true"}, "backbone.gradient_checkpointing"),
+    ({"FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}, "loads the networks whole before sharding"),
 ])
 def test_fsdp_settings_didr_does_not_implement_are_refused_by_name(monkeypatch, env, message):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

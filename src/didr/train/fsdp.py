@@ -40,6 +40,7 @@ from didr.errors import ConfigError
 UNSUPPORTED = {
     "FSDP_OFFLOAD_PARAMS": ("true", "CPU offload has not run here; set fsdp_offload_params: false"),
     "FSDP_ACTIVATION_CHECKPOINTING": ("true", "checkpointing is the run's own (backbone.gradient_checkpointing); set fsdp_activation_checkpointing: false"),
+    "FSDP_CPU_RAM_EFFICIENT_LOADING": ("true", "every process loads the networks whole before sharding them; set fsdp_cpu_ram_efficient_loading: false"),
 }
 
 
