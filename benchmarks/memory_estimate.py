@@ -22,6 +22,19 @@ How the parts add up (:func:`estimate`). The peak is the generator update:
 - weights: the frozen networks in their storage dtype; each trainable parameter costs 16 bytes
   (float32 weight, gradient and AdamW's two states);
 - on a CPU run, the process's own resident memory (interpreter, libraries) is measured and added.
+
+Over N GPUs with FSDP2 (``--gpus N``, as ``configs/accelerate/fsdp2.yaml`` shards): the networks'
+weights and the trainable state are divided by N (every network is sharded, frozen or not); the VAE,
+the reward and the activations are not (each GPU runs its own batch). FSDP2 adds what it holds whole
+for the network computing at the time (:func:`gathered`): its root unit (the parameters outside the
+blocks); the block computing and the next one, whose all-gather output and unsharded copy coexist
+while it is copied out; and for a fully trained network, the unsharded gradients of the root and of
+one block with the reduce-scatter input they are copied into. The generator's root unit stays whole
+from its forward to its backward.
+
+The optimiser step is a peak of its own: AdamW (``foreach``) holds one more float32 copy of the
+trainable parameters it steps (the square roots of its second moments) beside the weights, gradients
+and states, after the activations are freed.
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ class Setting:
     dtype: str = "bfloat16"  # storage of the frozen weights
     reward_dtype: str = "float32"  # what didr loads a reward in unless its spec says ?dtype=
     n_layers: int | None = None  # Z-Image main blocks (published: 30)
+    n_refiner_layers: int | None = None  # Z-Image blocks in each of its two refiners (published: 2)
     lora_rank: int = 64  # the generator's; 0 = full fine-tuning
     ta_lora_rank: int = 64
     share_base: bool = True  # generator over the reference itself: no separate base (else a second copy)
@@ -60,6 +74,8 @@ class Setting:
     guidance: bool = True  # classifier-free guidance on the reference: its calls run at twice the batch
     decode_downscale: float = 1.0
     text_tokens: int | None = None  # caption tokens per prompt (default: SDXL's padded 77, Z-Image 256)
+    gpus: int = 1  # processes the networks are sharded over (FSDP2); 1 = no sharding
+    reward: str = "pickscore"  # pickscore (CLIP ViT-H/14) | tiny (the tests' tiny random CLIP: no memory to speak of)
 
 
 # --------------------------------------------------------------------------- measuring on meta tensors
@@ -137,7 +153,7 @@ def meta(shape, grad=False, dtype=torch.bfloat16):
     return torch.randn(*shape, device="meta", dtype=dtype, requires_grad=grad)
 
 
-def network(backbone: str, n_layers: int | None = None, lora_rank: int = 0, trainable: bool = False):
+def network(backbone: str, n_layers: int | None = None, lora_rank: int = 0, trainable: bool = False, n_refiner_layers: int | None = None):
     """The backbone's network on the meta device in bf16: frozen (a reference, a LoRA's base) or
     ``trainable`` (full fine-tuning), with a LoRA adapter if ``lora_rank``. A frozen weight needs no
     gradient, so autograd keeps fewer inputs: which weights train changes what is saved."""
@@ -147,7 +163,7 @@ def network(backbone: str, n_layers: int | None = None, lora_rank: int = 0, trai
     from didr.testing import true_shapes
 
     with init_empty_weights():
-        net = true_shapes.sdxl_unet(torch.bfloat16) if backbone == "sdxl" else true_shapes.zimage_transformer(torch.bfloat16, n_layers)
+        net = true_shapes.sdxl_unet(torch.bfloat16) if backbone == "sdxl" else true_shapes.zimage_transformer(torch.bfloat16, n_layers, n_refiner_layers)
         net.requires_grad_(trainable)
         if lora_rank:
             add_lora(net, lora_rank, "adapter")
@@ -166,9 +182,9 @@ def network_blocks(net, backbone: str):
 
 @functools.lru_cache(maxsize=None)
 def network_activations(backbone: str, batch: int, latent_side: int, n_layers: int | None, lora_rank: int,
-                        trainable: bool = False, tokens: int | None = None) -> tuple[float, float]:
+                        trainable: bool = False, tokens: int | None = None, n_refiner_layers: int | None = None) -> tuple[float, float]:
     """GiB the network saves for backward at ``batch`` (no checkpointing, checkpointing)."""
-    net = network(backbone, n_layers, lora_rank, trainable)
+    net = network(backbone, n_layers, lora_rank, trainable, n_refiner_layers)
     blocks = network_blocks(net, backbone)
     tokens = tokens or TOKENS[backbone]
     if backbone == "sdxl":
@@ -210,12 +226,12 @@ def reward_activations(batch: int, dtype: torch.dtype = torch.bfloat16) -> float
 
 
 @functools.lru_cache(maxsize=None)
-def parameter_counts(backbone: str, n_layers: int | None, lora_rank: int, ta_lora_rank: int) -> dict[str, int]:
+def parameter_counts(backbone: str, n_layers: int | None, lora_rank: int, ta_lora_rank: int, n_refiner_layers: int | None = None) -> dict[str, int]:
     from accelerate import init_empty_weights
 
     from didr.testing import true_shapes
 
-    net = network(backbone, n_layers)
+    net = network(backbone, n_layers, n_refiner_layers=n_refiner_layers)
     with init_empty_weights():
         vae = true_shapes.vae(backbone)
         clip = true_shapes.clip_h()
@@ -227,6 +243,42 @@ def parameter_counts(backbone: str, n_layers: int | None, lora_rank: int, ta_lor
         "reward": sum(p.numel() for p in clip.parameters()),
         "text": TEXT_PARAMS[backbone],
     }
+
+
+@functools.lru_cache(maxsize=None)
+def fsdp_units(backbone: str, n_layers: int | None, n_refiner_layers: int | None = None) -> tuple[int, int]:
+    """(parameters of FSDP2's root unit, of the largest block unit) as didr shards the network
+    (``didr.train.fsdp``: each ``_no_split_modules`` block one unit, the rest the root's)."""
+    from didr.train.fsdp import blocks
+
+    net = network(backbone, n_layers, n_refiner_layers=n_refiner_layers)
+    owner = {}
+    for unit in blocks(net, ()):  # innermost first: a parameter belongs to the innermost unit holding it
+        for p in unit.parameters():
+            owner.setdefault(id(p), id(unit))
+    sizes, root = {}, 0
+    for p in net.parameters():
+        if id(p) in owner:
+            sizes[owner[id(p)]] = sizes.get(owner[id(p)], 0) + p.numel()
+        else:
+            root += p.numel()
+    return root, max(sizes.values())
+
+
+def gathered(s: Setting) -> float:
+    """GiB FSDP2 holds whole at the peak (see the module's docstring)."""
+    root, unit = fsdp_units(s.backbone, s.n_layers, s.n_refiner_layers)
+    full_ft, ta_copy = s.lora_rank == 0, s.ta_lora_rank == 0
+    gen_bytes = 4 if full_ft else BYTES[s.dtype]
+    widest = max(BYTES[s.dtype], gen_bytes, 4 if ta_copy else 0)
+    computing = (root + 3 * unit) * widest
+    gen_root = root * gen_bytes if not s.share_base or full_ft else 0  # the shared network's root is the computing one
+    grads = 2 * 4 * (root + unit) if full_ft or ta_copy else 0
+    return (computing + gen_root + grads) / GIB
+
+
+#: the parts FSDP2 divides over the processes
+SHARDED = ("reference weights", "generator base weights", "TA copy weights", "trainable state")
 
 
 def lora_params(net, rank: int, targets=("to_q", "to_k", "to_v", "to_out.0")) -> int:
@@ -243,17 +295,17 @@ def latent_side(s: Setting) -> int:
 
 def estimate(s: Setting) -> dict[str, float]:
     """GiB per part, and ``total``, for one generator update (the peak of a DIDR step)."""
-    n = parameter_counts(s.backbone, s.n_layers, s.lora_rank, s.ta_lora_rank)
+    n = parameter_counts(s.backbone, s.n_layers, s.lora_rank, s.ta_lora_rank, s.n_refiner_layers)
     w, rw = BYTES[s.dtype], BYTES[s.reward_dtype]
     side = latent_side(s)
     ref_batch = 2 * s.batch if s.guidance else s.batch
     ckpt = 1 if s.checkpointing else 0
     tok = s.text_tokens
-    gen_act = network_activations(s.backbone, s.batch, side, s.n_layers, s.lora_rank, s.lora_rank == 0, tok)[ckpt]
-    ref_act = network_activations(s.backbone, ref_batch, side, s.n_layers, 0, False, tok)[ckpt]
-    ta_act = network_activations(s.backbone, s.batch, side, s.n_layers, s.ta_lora_rank, s.ta_lora_rank == 0, tok)[ckpt]
+    gen_act = network_activations(s.backbone, s.batch, side, s.n_layers, s.lora_rank, s.lora_rank == 0, tok, s.n_refiner_layers)[ckpt]
+    ref_act = network_activations(s.backbone, ref_batch, side, s.n_layers, 0, False, tok, s.n_refiner_layers)[ckpt]
+    ta_act = network_activations(s.backbone, s.batch, side, s.n_layers, s.ta_lora_rank, s.ta_lora_rank == 0, tok, s.n_refiner_layers)[ckpt]
     vae_act = vae_decode_activations(s.backbone, s.batch, max(1, round(side / s.decode_downscale)))[ckpt]
-    reward_act = reward_activations(s.batch, getattr(torch, s.reward_dtype))
+    reward_act = reward_activations(s.batch, getattr(torch, s.reward_dtype)) if s.reward == "pickscore" else 0.0
     full_ft, ta_copy = s.lora_rank == 0, s.ta_lora_rank == 0
     # a trainable parameter: float32 weight, gradient, AdamW's two states; a full network's weight is listed with the weights
     gen_state = 12 * n["network"] if full_ft else 16 * n["lora"]
@@ -263,13 +315,21 @@ def estimate(s: Setting) -> dict[str, float]:
         "generator base weights": 0.0 if (s.share_base and not full_ft) else n["network"] * (4 if full_ft else w) / GIB,
         "TA copy weights": n["network"] * 4 / GIB if ta_copy else 0.0,
         "VAE weights": n["vae"] * w / GIB,
-        "reward weights": n["reward"] * rw / GIB,
+        "reward weights": n["reward"] * rw / GIB if s.reward == "pickscore" else 0.0,
         "trainable state": (gen_state + ta_state) / GIB,
         "generator activations": gen_act,
         "DRS backward: max(reward + VAE decode, one reference call)": max(reward_act + vae_act, ref_act),
     }
-    ta_step = sum(v for k, v in parts.items() if "activations" not in k and "DRS" not in k) + ta_act
-    parts["total"] = max(sum(parts.values()), ta_step)
+    if s.gpus > 1:
+        for k in SHARDED:
+            parts[k] /= s.gpus
+        parts["FSDP2 gathered weights and gradients"] = gathered(s)
+    held = sum(v for k, v in parts.items() if "activations" not in k and "DRS" not in k)
+    ta_step = held + ta_act
+    trained = max(n["network"] if full_ft else n["lora"], n["network"] if ta_copy else n["ta_lora"])
+    optimiser_step = held - parts.get("FSDP2 gathered weights and gradients", 0.0) + 4 * trained / s.gpus / GIB
+    parts["total"] = max(sum(parts.values()), ta_step, optimiser_step)
+    parts["parts (not in total): the optimiser step's peak"] = optimiser_step
     parts["parts (not in total): TA step activations"] = ta_act
     parts["parts (not in total): reward, VAE decode, one reference call"] = reward_act + vae_act + ref_act
     return parts
@@ -285,11 +345,20 @@ PRESETS = {
 }
 
 
-def table(batch: int, resolution: int) -> str:
-    lines = ["| configuration | SDXL | Z-Image |", "|---|---|---|"]
+#: an 80 GB GPU's memory in GiB, less 3 GiB for the CUDA context and the allocator's fragmentation
+FITS_80GB = 80e9 / GIB - 3
+
+
+def table(batch: int, resolution: int, gpus: int = 8) -> str:
+    """GiB per GPU for each preset, on one GPU and sharded over ``gpus`` (FSDP2)."""
+    lines = [f"| configuration | SDXL, 1 GPU | SDXL, {gpus} GPUs | Z-Image, 1 GPU | Z-Image, {gpus} GPUs |", "|---|---|---|---|---|"]
     for name, kw in PRESETS.items():
-        cells = [estimate(Setting(backbone=b, batch=batch, resolution=resolution, **kw))["total"] for b in ("sdxl", "zimage")]
-        lines.append(f"| {name} | {cells[0]:.1f} | {cells[1]:.1f} |")
+        cells = []
+        for b in ("sdxl", "zimage"):
+            for n in (1, gpus):
+                total = estimate(Setting(backbone=b, batch=batch, resolution=resolution, gpus=n, **kw))["total"]
+                cells.append(f"{total:.1f}" + ("" if total <= FITS_80GB else " (over 80 GB)"))
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -305,7 +374,7 @@ def main() -> None:
     if args.show:
         print(json.dumps({k: round(v, 3) for k, v in estimate(Setting(**given)).items()}, indent=2))
         return
-    print(table(given.get("batch", 1), given.get("resolution", 1024)))
+    print(table(given.get("batch", 1), given.get("resolution", 1024), given.get("gpus", 8)))
 
 
 if __name__ == "__main__":

@@ -26,3 +26,19 @@ def on_two_gloo_ranks(fn) -> list:
         out = manager.dict()
         mp.start_processes(_rank_main, args=(fn, port, out), nprocs=2, start_method="fork")
         return [out[0], out[1]]
+
+
+def rank_accelerator():
+    """An accelerate Accelerator over this rank's gloo group, as a launch would build it (the
+    forked process inherits the parent's accelerate state, which is reset here)."""
+    import os
+
+    from accelerate.state import AcceleratorState, PartialState
+
+    from didr.train.distributed import make_accelerator
+
+    rank = dist.get_rank()
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+    return make_accelerator()

@@ -119,7 +119,7 @@ def test_incompatible_resume_is_refused(trained, capsys, change, message):
 
 def test_every_checkpoint_damaged_is_refused(run_copy, capsys):
     for ck in (run_copy / "checkpoints").iterdir():
-        (ck / "models.safetensors").write_bytes(b"\0" * 10)
+        (ck / "tensors-rank00000.safetensors").write_bytes(b"\0" * 10)
     before = snapshot(run_copy)
     with pytest.warns(UserWarning, match="skipping checkpoint"):
         assert main(["train", TOY, "--out", str(run_copy), *sets("train.steps=6", "train.checkpoint_every=2"), "--resume"]) == 2
@@ -130,7 +130,7 @@ def test_every_checkpoint_damaged_is_refused(run_copy, capsys):
 @pytest.mark.parametrize("damage", ["truncated", "corrupt", "no state.json"])
 def test_damaged_latest_checkpoint_is_skipped(run_copy, damage):
     latest = run_copy / "checkpoints" / "step-00000006"
-    f = latest / "models.safetensors"
+    f = latest / "tensors-rank00000.safetensors"
     if damage == "truncated":
         f.write_bytes(f.read_bytes()[:100])
     elif damage == "corrupt":

@@ -2,7 +2,8 @@
 
     didr train configs/toy.yaml --out runs/toy
     didr train configs/toy.yaml --out runs/toy --resume --set train.steps=1200   # continue, longer
-    torchrun --standalone --nproc_per_node 2 -m didr train configs/toy.yaml --out runs/toy2
+    torchrun --standalone --nproc_per_node 2 -m didr train configs/toy.yaml --out runs/toy2      # data parallel
+    accelerate launch --config_file configs/accelerate/fsdp2.yaml --num_processes 2 -m didr train configs/tiny-sdxl.yaml --out runs/s2  # sharded
 
 Writes ``DIR/config.yaml``, ``DIR/train.log`` (with the number of processes in effect),
 ``DIR/metrics.jsonl``, checkpoints under ``DIR/checkpoints/`` and the final generator under
@@ -27,7 +28,7 @@ from didr.experiments.registry import EXPERIMENTS
 from didr.files import atomic_write_text
 from didr.runtime import is_main_process
 from didr.train.checkpoint import check_resumable, latest_state, require_usable
-from didr.train.distributed import check_sharded_launch
+from didr.train.distributed import check_launch
 from didr.train.signals import Interrupted
 
 
@@ -44,7 +45,7 @@ def check_resume(out: Path, cfg: RunConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_sharded_launch()
+    check_launch()  # DeepSpeed, FSDP1 and FSDP settings didr does not implement: refused before anything is written
     cfg = cfgio.load(RunConfig, args.config, args.set or [])  # validated before anything is written
     out = Path(args.out)
     if out.exists() and not out.is_dir():

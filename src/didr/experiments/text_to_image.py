@@ -23,7 +23,7 @@ from torch import nn
 
 from didr.diffusion.denoiser import GuidedDenoiser
 from didr.diffusion.schedules import NoiseSchedule
-from didr.errors import ConfigError, ModelLoadError
+from didr.errors import ModelLoadError
 from didr.eval.score import named_rewards
 from didr.experiments.heldout import HeldOutEvaluation
 from didr.hub import is_local
@@ -53,7 +53,6 @@ from didr.objectives.config import build_objective
 from didr.rewards.registry import check_reward_reference, load_reward
 from didr.runtime import is_main_process, resolve_device
 from didr.testing.tiny import TINY_BUILDERS, build_once, move_into_place, save_tiny_clip
-from didr.train.distributed import requested_sharding
 from didr.train.loop import Alignment, Trainer
 
 #: what each tiny part's folder holds once it is complete
@@ -104,6 +103,7 @@ class TextToImage:
     device: torch.device
     schedule: NoiseSchedule  # the reference's (M1): the noise levels the objective compares scores at
     generator_scheduler_config: dict  # the generator's own scheduler (its shift, its prediction type): the export's starts from it
+    networks: list[nn.Module]  # the distinct networks the roles call (sharded one by one under FSDP2)
     held_out: PromptSet | None = None  # prompts kept out of training for its evaluations (backbone.eval_prompts)
 
     def sample_inputs(self, n: int, generator: torch.Generator | None = None):
@@ -111,29 +111,14 @@ class TextToImage:
         return z, self.prompts.sample(n, generator, self.device)
 
 
-def check_sharing_under_fsdp(cfg: BackboneConfig) -> None:
-    """FSDP shards the networks of the modules it wraps; a role over a shared frozen base calls a
-    network that FSDP cannot see (its blocks are not the wrapped module's), so under FSDP each
-    trained role needs a network of its own."""
-    if requested_sharding() != "FSDP":
-        return
-    if cfg.shares_reference:
-        raise ConfigError("backbone.share_base: under FSDP the generator needs its own network, not an adapter over the shared "
-                          "reference; set backbone.share_base=false")
-    if cfg.ta_lora_rank:
-        raise ConfigError("backbone.ta_lora_rank: under FSDP the TA needs its own network, not an adapter over the shared reference; "
-                          "set backbone.ta_lora_rank=0")
-
-
 def check_before_writing(cfg: BackboneConfig, held_out: bool = False) -> None:
-    """What can be checked before any file is written: every weight reference, the prompt files,
-    the reward specs and the sharding."""
+    """What can be checked before any file is written: every weight reference, the prompt files and
+    the reward specs."""
     check_references(cfg)
     split_prompts(cfg, held_out)
     for spec in [cfg.reward, *(cfg.eval_rewards if held_out else [])]:
         if spec != "tiny-clip":
             check_reward_reference(spec)
-    check_sharing_under_fsdp(cfg)
 
 
 def generator_scheduler(cfg: BackboneConfig, pipe: Pipeline):
@@ -210,7 +195,7 @@ def wire(cfg: BackboneConfig, out_dir: Path, reward: str, held_out: bool = False
     generator = StepGenerator(gen_den, times, checkpoint=cfg.gradient_checkpointing, renoise=cfg.generator_renoise)
     decoder = VaeDecoder(pipe.vae, cfg.decode_micro_batch, cfg.decode_checkpoint, cfg.decode_downscale, decode=bb.decode)
     reward = LatentReward(load_reward(reward, device=device), decoder)
-    t2i = TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device, schedule, gen_scheduler_config, held_out_prompts)
+    t2i = TextToImage(cfg, pipe, prompts, generator, reference, ta, reward, shape, device, schedule, gen_scheduler_config, nets, held_out_prompts)
     return t2i, save_prompt_cache
 
 
@@ -230,11 +215,12 @@ def run_text_to_image(run_cfg, out_dir: Path, t2i: TextToImage | None = None) ->
     configured objective, export."""
     t2i = t2i or build(run_cfg.backbone, out_dir)
     objective = build_run_objective(run_cfg, t2i)
-    alignment = Alignment(t2i.generator, t2i.reference, t2i.ta, objective, t2i.sample_inputs)
+    alignment = Alignment(t2i.generator, t2i.reference, t2i.ta, objective, t2i.sample_inputs, t2i.networks)
     trainer = Trainer(alignment, run_cfg.train, out_dir, desc=f"{run_cfg.method.name} {t2i.cfg.kind}")
     logs = trainer.run()
-    if is_main_process():  # every process holds the same generator; one writes it
-        export_generator(t2i, trainer.sampling_generator, out_dir / "export")
+    generator = trainer.unsharded_generator()  # whole on the main process (gathered under FSDP2), None elsewhere
+    if generator is not None:
+        export_generator(t2i, generator, out_dir / "export")
     return {k: float(v) for k, v in logs.items()}
 
 

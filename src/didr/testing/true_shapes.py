@@ -7,7 +7,7 @@ paths as released weights (``backbone.pretrained: FOLDER``, ``reward: pickscore:
 
 - :func:`save_sdxl_pipeline`: SDXL base 1.0's UNet, VAE and scheduler;
 - :func:`save_zimage_pipeline`: Z-Image's transformer (full width; ``n_layers`` may cut its
-  30 main blocks), its Flux-style VAE and scheduler;
+  30 main blocks, ``n_refiner_layers`` its refiners' 2), its Flux-style VAE and scheduler;
 - :func:`save_clip_h`: CLIP ViT-H/14 as PickScore ships it (a transformers ``CLIPModel``).
 
 The text encoders keep their published widths, so the embeddings have the shapes the networks
@@ -64,13 +64,16 @@ def sdxl_unet(dtype: torch.dtype = torch.float32, **overrides):
         return UNet2DConditionModel(**{**diffusers_kwargs(published_config("sdxl_unet")), **overrides})
 
 
-def zimage_transformer(dtype: torch.dtype = torch.float32, n_layers: int | None = None, **overrides):
-    """Z-Image's DiT at full width; ``n_layers`` main blocks instead of the published 30 (refiners kept)."""
+def zimage_transformer(dtype: torch.dtype = torch.float32, n_layers: int | None = None, n_refiner_layers: int | None = None, **overrides):
+    """Z-Image's DiT at full width; ``n_layers`` main blocks instead of the published 30, and
+    ``n_refiner_layers`` blocks in each refiner instead of 2."""
     from diffusers import ZImageTransformer2DModel
 
     cfg = diffusers_kwargs(published_config("zimage_transformer"))
     if n_layers is not None:
         cfg["n_layers"] = n_layers
+    if n_refiner_layers is not None:
+        cfg["n_refiner_layers"] = n_refiner_layers
     with default_dtype(dtype):
         return ZImageTransformer2DModel(**{**cfg, **overrides})
 
@@ -123,7 +126,8 @@ def save_sdxl_pipeline(folder: Path, *, dtype: torch.dtype = torch.float32, text
     return folder
 
 
-def save_zimage_pipeline(folder: Path, *, dtype: torch.dtype = torch.float32, n_layers: int | None = None, text_layers: int = 1,
+def save_zimage_pipeline(folder: Path, *, dtype: torch.dtype = torch.float32, n_layers: int | None = None,
+                         n_refiner_layers: int | None = None, text_layers: int = 1,
                          seed: int = 0) -> Path:
     """A ``ZImagePipeline`` folder: Z-Image's transformer (``n_layers`` main blocks), VAE and scheduler, random weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
@@ -140,7 +144,7 @@ def save_zimage_pipeline(folder: Path, *, dtype: torch.dtype = torch.float32, n_
         text = Qwen3Model(Qwen3Config(**text_cfg))
     pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_config(published_config("zimage_scheduler")),
                           vae=vae("zimage", dtype), text_encoder=text, tokenizer=tokenizer,
-                          transformer=zimage_transformer(dtype, n_layers))
+                          transformer=zimage_transformer(dtype, n_layers, n_refiner_layers))
     pipe.save_pretrained(folder, max_shard_size=SHARD)
     shutil.rmtree(folder / "_tok")
     return folder

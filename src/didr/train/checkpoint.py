@@ -1,13 +1,16 @@
-"""Checkpoints that survive crashes: atomic, verified, pruned, and loadable without unpickling code.
+"""Checkpoints that survive crashes: atomic, verified, pruned, loadable without unpickling code, and
+resumable on any number of processes.
 
 Layout under ``OUT/checkpoints/``::
 
     step-00000200/
-        models.safetensors    generator.*, ta.*, ema.* weights
-        optim.pt              optimiser, LR schedule and grad-scaler states (tensors, numbers, lists);
-                              under FSDP / DeepSpeed one optim-rankNNNNN.pt per process (its shard)
-        rng-rank00000.pt      each process's torch / CUDA / numpy / python RNG state
-        state.json            step, counters, world size, the config, and each file's size and sha256
+        tensors-rank00000.safetensors   weights (generator.*, ta.*, ema.*) and optimiser states
+                                        (optim.<role>.<parameter>.<state>); whole tensors are written by
+                                        the main process, and under FSDP2 each process writes its own
+                                        rows of every sharded one into its own file (didr.train.shard_io)
+        rng-slot00000.pt                the random stream of each slot of the global batch (didr.train.streams)
+        state.json                      step, counters, world size, the config, the optimisers' settings and
+                                        LR schedules, the sharded tensors' shapes, and each file's size and sha256
 
 A checkpoint is written into a hidden ``.step-XXXXXXXX.tmp`` directory, every file fsynced, and
 the directory renamed into place, so a crash leaves either a complete checkpoint or a temporary
@@ -20,64 +23,35 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from didr.errors import CheckpointError
 from didr.files import atomic_save_tensors, atomic_write_text, fsync_dir, fsync_file, plain_tensors, sha256_file
 from didr.train.config import RESUMABLE_CHANGES
+from didr.train.shard_io import RowReader, pieces
 
-FORMAT = 1
+FORMAT = 2
 STATE = "state.json"
-MODELS = "models.safetensors"
-OPTIM = "optim.pt"
 
 
-def rng_file(rank: int) -> str:
-    return f"rng-rank{rank:05d}.pt"
+def tensors_file(rank: int) -> str:
+    return f"tensors-rank{rank:05d}.safetensors"
 
 
-def optim_shard_file(rank: int) -> str:
-    return f"optim-rank{rank:05d}.pt"
+def rng_file(slot: int) -> str:
+    return f"rng-slot{slot:05d}.pt"
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-# --- RNG ---------------------------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states, as tensors and plain numbers (loadable with weights_only)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -98,28 +72,23 @@ def temp_dir(root: Path, step: int) -> Path:
     return root / f".{checkpoint_name(step)}.tmp"
 
 
-def write_rng(tmp: Path, rank: int) -> None:
-    """Each process writes its own RNG state into the temporary directory."""
-    path = tmp / rng_file(rank)
-    torch.save(rng_state(), path)
+def write_rng(tmp: Path, slot: int, state: dict[str, Any]) -> None:
+    """A slot's random stream, written by the process that draws from it."""
+    path = tmp / rng_file(slot)
+    torch.save(state, path)
     fsync_file(path)
 
 
-def write_optim_shard(tmp: Path, rank: int, optim: dict[str, Any]) -> None:
-    """A process's own shard of the optimiser state (FSDP, DeepSpeed)."""
-    path = tmp / optim_shard_file(rank)
-    torch.save(optim, path)
+def write_tensors(tmp: Path, rank: int, tensors: dict[str, Tensor]) -> dict[str, list[int]]:
+    """This process's file: its rows of every sharded tensor and, on the main process, every whole
+    one. Returns the sharded tensors' whole shapes (for ``state.json``)."""
+    mine, layout = pieces(tensors, rank)
+    if not mine and rank != 0:  # data parallelism: the main process writes the whole tensors
+        return layout
+    path = tmp / tensors_file(rank)
+    save_file(plain_tensors(mine), str(path))
     fsync_file(path)
-
-
-def write_main(tmp: Path, models: dict[str, Tensor], optim: dict[str, Any] | None) -> None:
-    """The weights (safetensors) and, unless each process saved its shard, the optimiser /
-    schedule states: written by the main process."""
-    save_file(plain_tensors(models), str(tmp / MODELS))
-    fsync_file(tmp / MODELS)
-    if optim is not None:
-        torch.save(optim, tmp / OPTIM)
-        fsync_file(tmp / OPTIM)
+    return layout
 
 
 def commit(tmp: Path, root: Path, step: int, state: dict[str, Any], keep: int) -> Path:
@@ -159,17 +128,20 @@ def prune(root: Path, keep: int) -> None:
 
 @dataclass
 class Checkpoint:
-    """A verified checkpoint, loaded."""
+    """A verified checkpoint, opened: its tensors are read on demand, each process its own rows."""
 
     path: Path
     state: dict[str, Any]
-    models: dict[str, Tensor]
-    optim: dict[str, Any]
-    rng: dict[str, Any] | None  # this process's RNG state; None when it was saved with fewer processes
+    tensors: RowReader
+    rng: dict[int, dict[str, Any] | None]  # each of this process's slots' stream; None where none was saved
 
     @property
     def step(self) -> int:
         return int(self.state["step"])
+
+    @property
+    def world_size(self) -> int:
+        return int(self.state["world_size"])
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -190,26 +162,26 @@ def read_state(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: {name} is truncated ({f.stat().st_size} of {info['size']} bytes)")
         if sha256_file(f) != info["sha256"]:
             raise CheckpointError(f"{path}: {name} is corrupt (sha256 mismatch)")
-    for name in (MODELS, OPTIM if OPTIM in state["files"] else optim_shard_file(0)):
-        if name not in state["files"]:
-            raise CheckpointError(f"{path}: {name} is not recorded in {STATE}")
+    for rank in range(int(state.get("world_size", 1)) if state.get("layout") else 1):
+        if tensors_file(rank) not in state["files"]:
+            raise CheckpointError(f"{path}: {tensors_file(rank)} is not recorded in {STATE}")
     return state
 
 
-def load(path: Path, rank: int = 0) -> Checkpoint:
-    """Load one checkpoint (verified first); raises CheckpointError if it is unusable."""
+def load(path: Path, slots: list[int] | None = None) -> Checkpoint:
+    """Open one checkpoint (verified first) for a process whose slots are ``slots`` (default [0]);
+    raises CheckpointError if it is unusable."""
     state = read_state(path)
+    layout = state.get("layout") or {}
+    files = [path / tensors_file(r) for r in range(int(state["world_size"]) if layout else 1)]
     try:
-        models = load_file(str(path / MODELS))
-        optim_path = path / (OPTIM if OPTIM in state["files"] else optim_shard_file(rank))
-        if not optim_path.is_file():
-            raise CheckpointError(f"{path}: no optimiser shard for rank {rank} (saved with {state.get('world_size')} processes)")
-        optim = torch.load(optim_path, map_location="cpu", weights_only=True)
-        rng_path = path / rng_file(rank)
-        rng = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.is_file() else None
+        reader = RowReader(files, layout)
+        reader.keys()  # parses the main process's file
+        rng = {k: torch.load(path / rng_file(k), map_location="cpu", weights_only=True) if (path / rng_file(k)).is_file() else None
+               for k in (slots or [0])}
     except Exception as err:  # a file that hashes right but cannot be parsed: still a bad checkpoint
         raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err})") from None
-    return Checkpoint(path, state, models, optim, rng)
+    return Checkpoint(path, state, reader, rng)
 
 
 def latest_state(root: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -222,11 +194,11 @@ def latest_state(root: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
-def load_latest(root: Path, rank: int = 0) -> Checkpoint | None:
-    """The newest checkpoint that verifies and loads; bad ones are skipped with a warning."""
+def load_latest(root: Path, slots: list[int] | None = None) -> Checkpoint | None:
+    """The newest checkpoint that verifies and opens; bad ones are skipped with a warning."""
     for path in list_checkpoints(root):
         try:
-            return load(path, rank)
+            return load(path, slots)
         except CheckpointError as err:
             warnings.warn(f"skipping checkpoint: {err}", stacklevel=2)
     return None

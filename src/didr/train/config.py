@@ -10,8 +10,10 @@ from didr.diffusion.losses import TA_WEIGHTINGS
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 
-#: fields that may change when a run is resumed; any other change makes the checkpoint incompatible
-RESUMABLE_CHANGES = ("steps", "log_every", "progress", "checkpoint_every", "keep_checkpoints", "max_bad_steps", "resume")
+#: fields that may change when a run is resumed; any other change makes the checkpoint incompatible.
+#: grad_accum splits the global batch with the number of processes: a run resumed on half as many
+#: processes keeps its global batch, and its random streams, with twice the grad_accum (didr.train.streams)
+RESUMABLE_CHANGES = ("steps", "log_every", "progress", "checkpoint_every", "keep_checkpoints", "max_bad_steps", "resume", "grad_accum")
 
 
 @dataclass

@@ -1,57 +1,51 @@
-"""Several processes through accelerate: the accelerator, per-rank seeding, cross-rank agreement.
+"""Several processes through accelerate: the accelerator, the launch's parallelism, cross-rank agreement.
 
-Launch with ``torchrun --nproc_per_node N -m didr train ...`` or ``accelerate launch --config_file
-configs/accelerate/ddp.yaml -m didr train ...``. Without a GPU the accelerator is built with
-``cpu=True``: plain ``Accelerator()`` under torchrun on CPU would start unsynchronised processes,
-so the run's log states the world size really in effect.
+Launch data parallelism with ``torchrun --nproc_per_node N -m didr train ...`` or ``accelerate launch
+--config_file configs/accelerate/ddp.yaml -m didr train ...``, and sharded training with
+``configs/accelerate/fsdp2.yaml`` (FSDP2, :mod:`didr.train.fsdp`), on CPUs (gloo) as on GPUs. Without
+a GPU the accelerator is built with ``cpu=True``: plain ``Accelerator()`` under torchrun on CPU would
+start unsynchronised processes, so the run's log states the world size really in effect.
 
-Sharded launches (the FSDP and DeepSpeed presets) need GPUs. accelerate (1.15) turns FSDP on only
-for GPU-like devices and DeepSpeed only when not on the CPU; on a CPU it builds plain data
-parallelism (MULTI_CPU) under the sharded preset's name, and FSDP's ``sync_module_states`` stops
-it earlier still. Such a launch is refused here rather than run as something it is not (torch
-itself shards on CPU with gloo; accelerate does not drive it).
+accelerate builds the processes, the devices and autocast; it never wraps a model for FSDP here
+(the loop shards its networks itself), so the accelerator is built with the launch's FSDP flag
+masked. DeepSpeed is refused: accelerate prepares one model per Accelerator under DeepSpeed, and
+every method with a TA trains two (generator and TA).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import random
-from typing import Any
+from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from didr.errors import ConfigError
-
-#: what ``accelerate launch --config_file`` sets for each sharded distributed type
-SHARDED_LAUNCHES = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED"}
+from didr.train.fsdp import ShardingPlan, plan_from_launch
 
 
-def requested_sharding() -> str | None:
-    """FSDP or DEEPSPEED when the launch asks for it (accelerate's environment), else None."""
-    for kind, var in SHARDED_LAUNCHES.items():
-        if os.environ.get(var, "false").lower() == "true":
-            return kind
-    return None
+def check_launch() -> ShardingPlan | None:
+    """The launch's sharding plan (None: data parallelism or one process); what didr cannot run
+    (DeepSpeed, FSDP1, FSDP settings it does not implement) is refused before anything is written."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ConfigError("the launch asks for DeepSpeed, which didr does not run: accelerate prepares one model per Accelerator "
+                          "under DeepSpeed, and a method with a TA trains two; shard with configs/accelerate/fsdp2.yaml")
+    return plan_from_launch()
 
 
-def check_sharded_launch() -> None:
-    """Refuse a sharded launch on a machine where accelerate cannot shard (no GPU)."""
-    kind = requested_sharding()
-    if kind is not None and not torch.cuda.is_available():
-        raise ConfigError(f"the launch asks for {kind}, which accelerate runs on GPUs only; on this CPU it would train unsharded "
-                          f"under the preset's name. On CPU launch with torchrun or configs/accelerate/ddp.yaml")
-
-
-def check_prepare(acc, models: int) -> None:
-    """accelerate prepares one model per Accelerator under DeepSpeed; methods with a TA train two."""
-    from accelerate.utils import DistributedType
-
-    if acc.distributed_type == DistributedType.DEEPSPEED and models > 1:
-        raise ConfigError(f"DeepSpeed: accelerate prepares one model per Accelerator, and this run trains {models} (generator and TA); "
-                          "use the FSDP or DDP preset")
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 def make_accelerator(mixed_precision: str = "no"):
@@ -59,38 +53,19 @@ def make_accelerator(mixed_precision: str = "no"):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    check_sharded_launch()
+    check_launch()
     # AcceleratorState is a process-wide singleton that refuses a second precision; the process
     # group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
-    kind = requested_sharding()
-    if kind is not None and acc.distributed_type.value != kind:
-        raise ConfigError(f"the launch asks for {kind} but accelerate set up {acc.distributed_type.value}")
-    return acc
-
-
-def shards_optimizer(acc) -> bool:
-    """FSDP and DeepSpeed keep a shard of the optimiser state on each process: each one saves its
-    own, and a resume needs the same number of processes."""
-    from accelerate.utils import DistributedType
-
-    return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    with _env("ACCELERATE_USE_FSDP", "false"):  # the loop shards its own networks (didr.train.fsdp)
+        return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
 
 
 def clip_grad_norm(acc, module: nn.Module, max_norm: float) -> Tensor | None:
-    """``acc.clip_grad_norm_`` on a prepared module's gradients; returns the norm before clipping.
-
-    Under FSDP (1) the wrapper's own ``clip_grad_norm_``: accelerate's finds the model by comparing
-    parameter lists with ``==``, which raises as soon as two prepared models (generator and TA)
-    have as many parameters and it reaches the wrong one first.
-    """
+    """``acc.clip_grad_norm_`` on a prepared (DDP-wrapped or plain) module's gradients; returns the
+    norm before clipping."""
     from accelerate.utils import DistributedType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    if isinstance(module, FSDP):
-        acc.unscale_gradients()
-        return module.clip_grad_norm_(max_norm)
     plain = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
     if math.isinf(max_norm) and acc.scaler is None and acc.distributed_type in plain:
         # nothing to clip (a factor of 1 would leave every bit): the norm alone, for the finiteness check
@@ -98,20 +73,12 @@ def clip_grad_norm(acc, module: nn.Module, max_norm: float) -> Tensor | None:
     return acc.clip_grad_norm_(module.parameters(), max_norm)
 
 
-def describe(acc) -> str:
+def describe(acc, sharded: bool) -> str:
     """One line naming the processes in effect, for the run's log."""
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
-    return (
-        f"world_size={acc.num_processes} distributed_type={acc.distributed_type.value} backend={backend} "
-        f"device={acc.device.type} mixed_precision={acc.mixed_precision}"
-    )
-
-
-def seed_all(seed: int) -> None:
-    """Seed torch (CPU and GPUs), numpy and python: every source of randomness the loop uses."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    parallelism = "fsdp2" if sharded else "ddp" if acc.num_processes > 1 else "none"
+    return (f"world_size={acc.num_processes} parallelism={parallelism} backend={backend} "
+            f"device={acc.device.type} mixed_precision={acc.mixed_precision}")
 
 
 def any_rank(acc, flag: bool) -> bool:

@@ -5,13 +5,15 @@ reference, TA, objective, and a sampler of generator inputs); the objective comp
 generator's loss, and the TA is trained by DSM (M5) on detached generator samples.
 
 Around that core the :class:`Trainer` adds what long runs need, so every experiment gets it:
-- several processes through accelerate (DDP, gloo on CPU; FSDP and DeepSpeed on GPUs, untested),
-  each seeded with seed + rank, metrics averaged over the processes, only the main process writing
-  files;
+- several processes: data parallelism through accelerate (DDP), or sharded training with FSDP2
+  (:mod:`didr.train.fsdp`), on CPUs with gloo as on GPUs; metrics averaged over the processes, only
+  the main process writing whole files;
+- one random stream per slot of the global batch (:mod:`didr.train.streams`), so that two processes
+  and one process accumulating two micro-batches draw the same numbers;
 - gradient accumulation, mixed precision, gradient clipping, LR warmup and cosine decay;
 - checkpoints under ``OUT/checkpoints/`` (see :mod:`didr.train.checkpoint`) and an exact resume:
-  weights, optimisers, schedules, EMA, step and every process's RNG state are restored, so a
-  resumed run on CPU is bit-identical to an uninterrupted one;
+  weights, optimisers, schedules, EMA, step and every slot's RNG state are restored, so a resumed
+  run on CPU is bit-identical to an uninterrupted one, on any number of processes;
 - SIGTERM / SIGINT: a checkpoint at the next step boundary, then :class:`Interrupted`;
 - guards: a step with a NaN / inf reward, loss, gradient, or network output inside the objective
   (TA, reference, DRS estimator) is skipped (on every process), counted and logged with its
@@ -27,7 +29,7 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,35 +43,34 @@ from didr.objectives.methods import Objective
 from didr.progress import Progress
 from didr.rewards.base import NonFiniteRewardError
 from didr.train import checkpoint as ckpt
+from didr.train import state as saved_state
 from didr.train.config import TrainConfig
-from didr.train.distributed import (
-    Prepared,
-    any_rank,
-    check_prepare,
-    clip_grad_norm,
-    describe,
-    make_accelerator,
-    reduce_logs,
-    same_on_all_ranks,
-    seed_all,
-    shards_optimizer,
-    to_device,
-)
+from didr.train.distributed import Prepared, any_rank, clip_grad_norm, describe, make_accelerator, reduce_logs, same_on_all_ranks, to_device
 from didr.train.ema import EMA
+from didr.train.fsdp import Sharded, ShardingPlan, full_state_dict, grad_norm, plan_from_launch
 from didr.train.metrics import MetricsLog
 from didr.train.optim import make_lr_schedule, make_optimizer
 from didr.train.signals import Interrupted, StopSignals
+from didr.train.streams import RandomStreams, batch_split_note
 
 
 @dataclass
 class Alignment:
-    """Everything the loop trains or queries. ``sample_inputs(n)`` returns generator inputs (z, cond)."""
+    """Everything the loop trains or queries. ``sample_inputs(n)`` returns generator inputs (z, cond).
+    ``networks``: the distinct networks the roles call, each listed once even when several roles
+    share it; under FSDP2 each is sharded block by block (default: the three roles themselves)."""
 
     generator: nn.Module
     reference: nn.Module
     ta: nn.Module | None
     objective: Objective
     sample_inputs: Callable[[int], tuple[Tensor, Any]]
+    networks: list[nn.Module] = field(default_factory=list)
+
+    def all_networks(self) -> list[nn.Module]:
+        if self.networks:
+            return list(self.networks)
+        return [m for m in (self.generator, self.ta, self.reference) if m is not None]
 
 
 class TrainingError(DidrError):
@@ -86,7 +87,8 @@ class Trainer:
     ``out_dir``: where metrics, ``train.log``, ``checkpoints/`` and ``export/`` go (None: nothing is
     written). ``resume`` (default ``cfg.resume``): continue from the latest good checkpoint there.
     ``run_config``: the whole run's configuration, stored in checkpoints and the export (default:
-    ``out_dir/config.yaml`` when it exists, else the train section).
+    ``out_dir/config.yaml`` when it exists, else the train section). ``sharding``: shard the
+    networks with FSDP2 (default: as the launch's accelerate preset asks, :func:`plan_from_launch`).
     """
 
     def __init__(
@@ -99,22 +101,24 @@ class Trainer:
         resume: bool | None = None,
         run_config: dict | None = None,
         accelerator=None,
+        sharding: ShardingPlan | None = None,
     ):
         self.a, self.cfg, self.desc = alignment, cfg, desc
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.acc = accelerator if accelerator is not None else make_accelerator(cfg.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
-        seed_all(cfg.seed + self.rank)  # per-process noise; the models start equal (DDP broadcasts rank 0's)
+        self.plan = (sharding or plan_from_launch()) if self.world > 1 else None  # one process has nothing to shard
+        self._check_sharding()
+        self.streams = RandomStreams(cfg.seed, self.rank, cfg.grad_accum)  # per-slot noise; the models start equal
         self.step_count, self.bad_in_a_row, self.bad_total = 0, 0, 0
         self.problem: str | None = None
         self.problem_is_reward = False
         self.run_config = run_config if run_config is not None else self._read_run_config()
         self.ref = alignment.reference.requires_grad_(False).eval().to(self.acc.device)
         self.uses_ta = alignment.ta is not None and alignment.objective.uses_ta and cfg.ta_updates > 0
+        self.sharded: Sharded | None = None
         self._prepare()
-        if cfg.ema_decay > 0 and shards_optimizer(self.acc):
-            raise ConfigError("train.ema_decay: the EMA needs whole weights on each process; set it to 0 under FSDP / DeepSpeed")
         self.ema = EMA(alignment.generator, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.resumed_from: Path | None = None
         if (cfg.resume if resume is None else resume) and self.out_dir is not None:
@@ -122,13 +126,24 @@ class Trainer:
 
     # --- setup -------------------------------------------------------------------------------
 
+    def _check_sharding(self) -> None:
+        if self.plan is None:
+            return
+        if self.cfg.ema_decay > 0:
+            raise ConfigError("train.ema_decay: the EMA needs whole weights on each process; set it to 0 under FSDP2")
+        if self.cfg.mixed_precision == "fp16":
+            raise ConfigError("train.mixed_precision: fp16's grad scaler would skip steps on one process and not another under FSDP2; use bf16")
+
     def _prepare(self) -> None:
-        """Optimisers and LR schedules on the plain modules, then accelerate wraps models and
-        optimisers (DDP / FSDP / DeepSpeed); the schedules are stepped once per step by hand."""
+        """Optimisers and LR schedules; under data parallelism accelerate then wraps models and
+        optimisers (DDP), under FSDP2 the networks are sharded first and the optimisers built on the
+        shards. The schedules are stepped once per step by hand."""
+        if self.plan is not None:
+            self._prepare_sharded()
+            return
         a, cfg = self.a, self.cfg
         opt_g = make_optimizer(a.generator.parameters(), cfg.lr_generator, cfg)
         self.sched_g = make_lr_schedule(opt_g, cfg)
-        check_prepare(self.acc, 2 if self.uses_ta else 1)
         if self.uses_ta:
             opt_ta = make_optimizer(a.ta.parameters(), cfg.lr_ta, cfg)
             self.sched_ta = make_lr_schedule(opt_ta, cfg)
@@ -139,6 +154,22 @@ class Trainer:
             self.opt_ta = self.sched_ta = None
             self.ta = a.ta.to(self.acc.device) if a.ta is not None else None  # a frozen TA, if any
         self.gen = Prepared(gen, a.generator)
+
+    def _prepare_sharded(self) -> None:
+        a, cfg = self.a, self.cfg
+        roles = [m for m in (a.generator, a.ta, a.reference) if m is not None]
+        self.sharded = Sharded(a.all_networks(), roles, self.plan, self.acc.device)
+        self.sharded.check_trained(a.generator, "generator")
+        self.opt_g = make_optimizer(a.generator.parameters(), cfg.lr_generator, cfg)
+        self.sched_g = make_lr_schedule(self.opt_g, cfg)
+        self.gen = Prepared(a.generator, a.generator)
+        self.opt_ta = self.sched_ta = None
+        self.ta = a.ta
+        if self.uses_ta:
+            self.sharded.check_trained(a.ta, "TA")
+            self.opt_ta = make_optimizer(a.ta.parameters(), cfg.lr_ta, cfg)
+            self.sched_ta = make_lr_schedule(self.opt_ta, cfg)
+            self.ta = Prepared(a.ta, a.ta)
 
     def _read_run_config(self) -> dict | None:
         path = self.out_dir / "config.yaml" if self.out_dir is not None else None
@@ -172,8 +203,11 @@ class Trainer:
         return to_device(z, self.acc.device), to_device(cond, self.acc.device)
 
     def _sync(self, module: nn.Module, micro: int):
-        """Gradients are all-reduced on the last micro-batch only."""
-        return self.acc.no_sync(module) if micro < self.cfg.grad_accum - 1 else contextlib.nullcontext()
+        """Under DDP gradients are all-reduced on the last micro-batch only; FSDP2 reduce-scatters
+        every micro-batch's, so that no process holds a whole unsharded gradient between them."""
+        if self.sharded is not None or micro == self.cfg.grad_accum - 1:
+            return contextlib.nullcontext()
+        return self.acc.no_sync(module)
 
     def _bad(self, problem: str | None, from_reward: bool = False) -> bool:
         """Agree across processes whether any of them hit a non-finite value."""
@@ -186,7 +220,10 @@ class Trainer:
     def _apply(self, module: Prepared, opt, name: str) -> bool:
         """Clip, check the gradient, and step; False (nothing changed) if the gradient is not finite."""
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
-        norm = clip_grad_norm(self.acc, module.wrapped, max_norm)
+        if self.sharded is not None:
+            norm = grad_norm([p for p in module.module.parameters() if p.requires_grad], max_norm)
+        else:
+            norm = clip_grad_norm(self.acc, module.wrapped, max_norm)
         # under fp16 the grad scaler skips overflowing steps itself
         finite = self.acc.scaler is not None or norm is None or bool(torch.isfinite(norm))
         if self._bad(None if finite else f"{name} gradient is NaN or inf"):
@@ -200,6 +237,7 @@ class Trainer:
         self.opt_ta.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(self.cfg.grad_accum):
+            self.streams.switch(self.streams.slots[micro])
             z, cond = self._inputs()
             with torch.no_grad(), self.acc.autocast():
                 x0 = self.gen(z, cond)
@@ -218,6 +256,7 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
         for micro in range(self.cfg.grad_accum):
+            self.streams.switch(self.streams.slots[micro])
             z, cond = self._inputs()
             with self._sync(self.gen.wrapped, micro):
                 problem, from_reward = None, False
@@ -285,122 +324,128 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def _state_tensors(self) -> dict[str, Tensor]:
-        out = {f"generator.{k}": v for k, v in self.acc.get_state_dict(self.gen.wrapped).items()}
+    def _roles(self) -> dict[str, nn.Module]:
+        """The modules whose weights a checkpoint keeps, by the name of their tensors' prefix."""
+        roles = {"generator": self.a.generator}
         if self.uses_ta:
-            out.update({f"ta.{k}": v for k, v in self.acc.get_state_dict(self.ta.wrapped).items()})
+            roles["ta"] = self.a.ta
         if self.ema is not None:
-            out.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
+            roles["ema"] = self.ema.module
+        return roles
+
+    def _optimizers(self) -> dict[str, tuple[Any, Any, nn.Module]]:
+        out = {"generator": (self.opt_g, self.sched_g, self.a.generator)}
+        if self.uses_ta:
+            out["ta"] = (self.opt_ta, self.sched_ta, self.a.ta)
         return out
 
-    def _optim_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"generator": self.opt_g.state_dict(), "sched_generator": self.sched_g.state_dict()}
-        if self.uses_ta:
-            state.update(ta=self.opt_ta.state_dict(), sched_ta=self.sched_ta.state_dict())
+    def _checkpoint_contents(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The tensors (whole, or this process's shards) and the plain values of a checkpoint."""
+        tensors, record = saved_state.role_tensors(self._roles()), {}
+        for role, (opt, sched, module) in self._optimizers().items():
+            opt_tensors, record[role] = saved_state.optimizer_entries(role, opt, module)
+            tensors.update(opt_tensors)
+            record[f"sched_{role}"] = sched.state_dict()
         if self.acc.scaler is not None:
-            state["scaler"] = self.acc.scaler.state_dict()
-        return state
+            record["scaler"] = self.acc.scaler.state_dict()
+        return tensors, record
 
     def _config_record(self) -> dict[str, Any]:
         return {"train": dataclasses.asdict(self.cfg), "run": self.run_config}
 
     def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of the current step (collective: every process must call it)."""
+        """Write a checkpoint of the current step (collective: every process must call it).
+        Each process writes its own shards and its slots' random streams; the main process the
+        whole tensors and ``state.json``."""
         root = self.checkpoint_dir
         if root is None:
             return None
-        models = self._state_tensors()  # a collective under FSDP / DeepSpeed
-        optim, sharded = self._optim_state(), shards_optimizer(self.acc)
+        tensors, record = self._checkpoint_contents()
         tmp = ckpt.begin(root, self.step_count) if self.is_main else ckpt.temp_dir(root, self.step_count)
         self.acc.wait_for_everyone()
-        ckpt.write_rng(tmp, self.rank)
-        if sharded:
-            ckpt.write_optim_shard(tmp, self.rank, optim)
+        layout = ckpt.write_tensors(tmp, self.rank, tensors)
+        for slot, stream in self.streams.states().items():
+            ckpt.write_rng(tmp, slot, stream)
+        self.acc.wait_for_everyone()
         path = root / ckpt.checkpoint_name(self.step_count)
         if self.is_main:
-            ckpt.write_main(tmp, models, None if sharded else optim)
-        self.acc.wait_for_everyone()
-        if self.is_main:
-            state = {
-                "bad_steps_total": self.bad_total,
-                "bad_steps_in_a_row": self.bad_in_a_row,
-                "world_size": self.world,
-                "config": self._config_record(),
-            }
+            state = {"bad_steps_total": self.bad_total, "bad_steps_in_a_row": self.bad_in_a_row, "world_size": self.world,
+                     "sharded": self.sharded is not None, "layout": layout, "optim": record, "config": self._config_record()}
             path = ckpt.commit(tmp, root, self.step_count, state, self.cfg.keep_checkpoints)
         self.acc.wait_for_everyone()
         return path
 
     def _resume(self) -> None:
-        found = ckpt.load_latest(self.checkpoint_dir, self.rank)
+        found = ckpt.load_latest(self.checkpoint_dir, self.streams.slots)
         if found is None:
             ckpt.require_usable(self.checkpoint_dir)  # some exist, none loads: refuse rather than start over
             self.log_line(f"resume: no checkpoint under {self.checkpoint_dir} yet; starting from step 0")
             return
-        ckpt.check_resumable({"train": found.state.get("config", {}).get("train", {})}, {"train": dataclasses.asdict(self.cfg)}, found.path)
-        saved_world = found.state.get("world_size", self.world)
-        if shards_optimizer(self.acc) and saved_world != self.world:
-            raise CheckpointError(f"cannot resume from {found.path}: its optimiser is sharded over {saved_world} processes; launch {saved_world}, not {self.world}")
-        self._load_models(found)
-        self._load_optim(found.optim)
+        saved_train = found.state.get("config", {}).get("train", {})
+        ckpt.check_resumable({"train": saved_train}, {"train": dataclasses.asdict(self.cfg)}, found.path)
+        for role, module in self._roles().items():
+            saved_state.load_role(role, module, found.tensors, found.path)
+        self._load_optim(found)
         self.step_count = found.step
         self.bad_total = int(found.state.get("bad_steps_total", 0))
         self.bad_in_a_row = int(found.state.get("bad_steps_in_a_row", 0))
-        if found.rng is not None:
-            ckpt.set_rng_state(found.rng)
-        else:  # saved with fewer processes: a fresh, reproducible stream for this one
-            seed_all(self.cfg.seed + self.rank + 1_000_003 * found.step)
-            self.log_line(f"resume: no RNG state for rank {self.rank} (saved with {found.state.get('world_size')} processes); reseeded")
+        fresh = self.streams.restore(found.rng, found.step)
+        note = batch_split_note(found.world_size, int(saved_train.get("grad_accum", self.cfg.grad_accum)), self.world, self.cfg.grad_accum)
+        if note:
+            self.log_line(f"resume: {note}")
+        if fresh:
+            self.log_line(f"resume: no random stream saved for slot(s) {fresh} on rank {self.rank}; reseeded")
         self.resumed_from = found.path
         if self.is_main:
             MetricsLog.truncate(self.out_dir, found.step)
 
-    def _load_models(self, found: ckpt.Checkpoint) -> None:
-        parts = [("generator", self.a.generator)]
-        if self.uses_ta:
-            parts.append(("ta", self.a.ta))
-        if self.ema is not None:
-            parts.append(("ema", self.ema.module))
-        if shards_optimizer(self.acc):  # load through the FSDP / DeepSpeed wrappers (full state dicts)
-            parts[0] = ("generator", self.gen.wrapped)
-            if self.uses_ta:
-                parts[1] = ("ta", self.ta.wrapped)
-        for prefix, module in parts:
-            sd = {k[len(prefix) + 1 :]: v for k, v in found.models.items() if k.startswith(prefix + ".")}
-            try:
-                module.load_state_dict(sd)
-            except RuntimeError as err:
-                first = str(err).strip().splitlines()[1].strip() if "\n" in str(err) else str(err)
-                raise CheckpointError(f"cannot resume from {found.path}: its {prefix} does not fit this model ({first})") from None
-
-    def _load_optim(self, state: dict[str, Any]) -> None:
+    def _load_optim(self, found: ckpt.Checkpoint) -> None:
+        record = found.state.get("optim", {})
         try:
-            self.opt_g.load_state_dict(state["generator"])
-            self.sched_g.load_state_dict(state["sched_generator"])
-            if self.uses_ta:
-                self.opt_ta.load_state_dict(state["ta"])
-                self.sched_ta.load_state_dict(state["sched_ta"])
-            if self.acc.scaler is not None and "scaler" in state:
-                self.acc.scaler.load_state_dict(state["scaler"])
+            for role, (opt, sched, module) in self._optimizers().items():
+                saved_state.load_optimizer(role, opt, module, record[role], found.tensors, found.path)
+                sched.load_state_dict(record[f"sched_{role}"])
+            if self.acc.scaler is not None and "scaler" in record:
+                self.acc.scaler.load_state_dict(record["scaler"])
         except (KeyError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"cannot resume: the optimiser state does not fit this run ({err})") from None
+            raise CheckpointError(f"cannot resume from {found.path}: the optimiser state does not fit this run ({err})") from None
+
+    def unsharded_generator(self) -> nn.Module | None:
+        """The sampling generator, whole, on the main process (None on the others). Collective
+        under FSDP2: its networks are gathered into a plain copy."""
+        if self.sharded is not None:
+            return self.sharded.unsharded_copy(self.a.generator, self.is_main)
+        return self.sampling_generator if self.is_main else None
 
     def export(self) -> Path | None:
-        """The sampling generator as ``OUT/export/generator.safetensors`` (main process)."""
+        """The sampling generator as ``OUT/export/generator.safetensors`` (main process; collective
+        under FSDP2, whose shards are gathered)."""
         if self.out_dir is None:
             return None
-        weights = self.acc.get_state_dict(self.gen.wrapped) if self.ema is None else self.ema.module.state_dict()
+        if self.sharded is not None:
+            weights = full_state_dict(self.a.generator, self.is_main)
+        else:
+            weights = self.sampling_generator.state_dict()
         if not self.is_main:
             return None
         info = {"step": self.step_count, "ema": self.ema is not None, "world_size": self.world, "config": self._config_record()}
         return ckpt.export_generator(self.out_dir, weights, info)
+
+    def _agreement(self) -> str:
+        """How the processes hold the generator at the end: what each holds (sharded), or that
+        all hold the same one (data parallelism)."""
+        if self.sharded is not None:
+            return self.sharded.report({role: opt for role, (opt, _, _) in self._optimizers().items()})
+        same, digest = same_on_all_ranks(self.acc, self.a.generator)
+        agree = f"generator identical on all {self.world} processes" if same else f"WARNING: generator differs across the {self.world} processes"
+        return agree + f" (sha256 {digest[:16]})"
 
     # --- the run -----------------------------------------------------------------------------
 
     def run(self, on_log: Callable[[int, dict], None] | None = None) -> dict[str, float]:
         """Train to ``cfg.steps``, checkpointing on the way and at the end, then export."""
         start_note = f" (resumed from {self.resumed_from.name})" if self.resumed_from else ""
-        self.log_line(f"start: step {self.step_count} of {self.cfg.steps}{start_note}; {describe(self.acc)}; "
+        self.log_line(f"start: step {self.step_count} of {self.cfg.steps}{start_note}; {describe(self.acc, self.sharded is not None)}; "
                       f"effective batch {self.cfg.batch_size * self.cfg.grad_accum * self.world}")
         log = MetricsLog(self.out_dir if self.is_main else None)
         bar = Progress(self.cfg.steps, self.desc, initial=self.step_count, enabled=self.cfg.progress and self.is_main)
@@ -434,13 +479,7 @@ class Trainer:
             if saved_at != self.step_count:
                 self.save_checkpoint()
             self.export()
-        if shards_optimizer(self.acc):  # each process holds a shard: there is no per-process copy to compare
-            agree = f"generator sharded over {self.world} processes ({self.acc.distributed_type.value})"
-        else:
-            same, digest = same_on_all_ranks(self.acc, self.a.generator)
-            agree = f"generator identical on all {self.world} processes" if same else f"WARNING: generator differs across the {self.world} processes"
-            agree += f" (sha256 {digest[:16]})"
-        self.log_line(f"done: step {self.step_count}, {self.bad_total} skipped steps; {agree}")
+        self.log_line(f"done: step {self.step_count}, {self.bad_total} skipped steps; {self._agreement()}")
         return logs
 
     def _latest(self) -> Path | None:
