@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("folder", help="folder of images (png, jpg, webp, bmp)")
     p.add_argument("-r", "--reward", action="append", required=True, metavar="SPEC",
                    help="reward spec, repeatable: pickscore[:PATH], hpsv2[:PATH], imagereward[:PATH], aesthetic:PATH, clipscore[:PATH], py:MODULE:ATTR")
-    p.add_argument("--prompts", metavar="FILE", help="prompt file: .txt (one per line), .json, .jsonl or .csv")
+    p.add_argument("--prompts", metavar="FILE", help="prompt file: matched by image name (a .json object; .json/.jsonl/.csv records with "
+                   "file and prompt), or a prompt set in sorted file order (.txt, .jsonl, .json, .csv, .tsv, .parquet, a benchmark's layout)")
     p.add_argument("--prompt", metavar="TEXT", help="one prompt for every image")
     p.add_argument("-o", "--output", metavar="FILE", help="write per-image scores to FILE (.csv or .json)")
     p.add_argument("--batch-size", type=int, default=8, help="images per reward call (default 8)")

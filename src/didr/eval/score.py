@@ -3,10 +3,11 @@
     didr score samples/ -r pickscore:/models/PickScore_v1 --prompts prompts.txt -o scores.csv
     didr score samples/ -r hpsv2:/models/HPS_v2.1_compressed.pt -r aesthetic:/models/aesthetic -o scores.json
 
-Prompts come from ``--prompts FILE`` (.txt: one line per image in sorted file order, or one line
-for all; .json: ``{"file.png": "prompt"}`` or a list in file order; .jsonl/.csv: records with
-``file`` and ``prompt``), from ``--prompt TEXT`` for every image, or else from a ``NAME.txt``
-next to each image. Rewards that ignore prompts (the aesthetic score) need none. The output is
+Prompts come from ``--prompts FILE``: matched to the images by name (.json: ``{"file.png":
+"prompt"}``; .json/.jsonl/.csv: records with ``file`` and ``prompt``), or else a prompt set in any
+format :mod:`didr.data.prompt_sets` reads (.txt, .jsonl, .json, .csv, .tsv, .parquet, the
+benchmarks' layouts), one prompt per image in sorted file order, or one prompt for all. Otherwise
+they come from ``--prompt TEXT`` for every image, or else from a ``NAME.txt`` next to each image. Rewards that ignore prompts (the aesthetic score) need none. The output is
 one row per image (CSV) or rows plus a summary (JSON); a summary table is printed either way.
 
 The same scoring is available to Python (benchmarks use it) as :func:`score_images`.
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from didr.data.prompt_sets import load_prompt_set
 from didr.errors import ConfigError, DidrError
 from didr.rewards.base import RewardInfo, call_reward, reward_info
 from didr.rewards.registry import load_reward
@@ -110,28 +112,41 @@ def read_prompts(files: Sequence[Path], prompts_file: str | Path | None = None, 
 
 
 def _prompts_from_file(files: Sequence[Path], path: Path) -> list[str]:
-    if not path.is_file():
+    """Prompts matched to the images by name (a JSON object, or records with a ``file`` field), else
+    a prompt set in any format :func:`didr.data.prompt_sets.load_prompt_set` reads, in sorted file order."""
+    if not path.exists():
         raise ConfigError(f"prompt file {path} does not exist")
-    text = path.read_text()
-    if not text.strip():
+    if path.is_file() and path.suffix != ".parquet" and not path.read_bytes().strip():
         raise ConfigError(f"prompt file {path} is empty")
-    if path.suffix == ".json":
-        data = json.loads(text)
-        return _match(files, data, path) if isinstance(data, dict) else _in_order(files, [_record_prompt(d, path) for d in data], path)
-    if path.suffix in (".jsonl", ".csv"):
-        records = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else list(csv.DictReader(text.splitlines()))
-        if records and "file" in records[0]:
-            return _match(files, {r["file"]: _record_prompt(r, path) for r in records}, path)
-        return _in_order(files, [_record_prompt(r, path) for r in records], path)
-    return _in_order(files, [line.strip() for line in text.splitlines() if line.strip()], path)
+    by_name = _prompts_by_name(path) if path.is_file() and path.suffix in (".json", ".jsonl", ".csv") else None
+    if by_name is not None:
+        return _match(files, by_name, path)
+    return _in_order(files, load_prompt_set(path).prompts, path)
+
+
+def _prompts_by_name(path: Path) -> dict[str, str] | None:
+    """{file name: prompt} when the file maps images to prompts, else None (a prompt set)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        if path.suffix == ".json":
+            records = json.loads(text)
+            if isinstance(records, dict):
+                return {str(k): str(v) for k, v in records.items()}
+        elif path.suffix == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            records = list(csv.DictReader(text.splitlines()))
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error):
+        return None  # the prompt set loader says what is wrong, and where
+    if isinstance(records, list) and records and isinstance(records[0], dict) and "file" in records[0]:
+        return {str(r["file"]): _record_prompt(r, path) for r in records}
+    return None
 
 
 def _record_prompt(record: Any, path: Path) -> str:
-    if isinstance(record, str):
-        return record
     if isinstance(record, dict) and "prompt" in record:
         return str(record["prompt"])
-    raise ConfigError(f"prompt file {path}: expected strings or records with a 'prompt' field, got {record!r}")
+    raise ConfigError(f"prompt file {path}: expected records with a 'file' and a 'prompt' field, got {record!r}")
 
 
 def _in_order(files: Sequence[Path], prompts: list[str], path: Path) -> list[str]:

@@ -20,54 +20,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from didr.data.prompt_sets import BUILTIN as BUILTIN  # the built-in set's name, re-exported for the pipeline config
+from didr.data.prompt_sets import load_prompt_set
 from didr.errors import ConfigError
-
-PROMPT_FIELDS = ("prompt", "caption", "text")
-#: the built-in prompt set, for smoke runs and presets run as written: 50 prompts written for didr
-#: (objects, animals, people, scenes, food, styles), one per line
-BUILTIN = "builtin"
-
-
-def builtin_prompts() -> list[str]:
-    return [line for line in resources.files("didr.data").joinpath("prompts", "builtin.txt").read_text().splitlines() if line.strip()]
 
 
 def load_prompts(source: str | Path) -> list[str]:
-    """Prompts from a text file (one per line), a JSONL file (a ``prompt``, ``caption`` or ``text``
-    field per line), or ``builtin``: the built-in set."""
-    if str(source) == BUILTIN:
-        return builtin_prompts()
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"prompt file not found: {path} (expected a .txt file, one prompt per line, or a .jsonl file)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"prompt file {path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        return [_jsonl_prompt(line, path, i + 1) for i, line in enumerate(lines)]
-    if not lines:
-        raise ConfigError(f"prompt file {path} holds no prompts")
-    return lines
-
-
-def _jsonl_prompt(line: str, path: Path, number: int) -> str:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError:
-        raise ConfigError(f"{path}:{number}: not valid JSON") from None
-    for key in PROMPT_FIELDS:
-        if isinstance(row, dict) and isinstance(row.get(key), str):
-            return row[key]
-    raise ConfigError(f"{path}:{number}: no string field {' / '.join(PROMPT_FIELDS)}")
+    """The prompts of a prompt set: ``builtin``, or a file in any format
+    :func:`didr.data.prompt_sets.load_prompt_set` reads (.txt, .jsonl, .json, .csv, .tsv, .parquet
+    and the benchmarks' layouts)."""
+    return load_prompt_set(source).prompts
 
 
 class ClipTextEncoder:

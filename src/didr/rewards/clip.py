@@ -169,7 +169,7 @@ def load_clipscore(
     return CLIPScoreReward(model, tokenizer, preprocess, scale=float(scale), clamp_min=0.0)
 
 
-def _vision_config(source: str | os.PathLike, what: str):
+def clip_vision_config(source: str | os.PathLike, what: str):
     """The vision tower's config, with the projection width that a full CLIP config keeps at its top level."""
     from transformers import CLIPConfig
 
@@ -202,6 +202,6 @@ def load_aesthetic(
     head = MLPHead(state["layers.0.weight"].shape[1])
     load_strict(head, state, f"{what} head", head_path)
     clip = clip if clip is not None else (source if has_files(source, "config.json") else CLIP_L_HUB)
-    vision = from_pretrained(CLIPVisionModelWithProjection, clip, f"{what} CLIP model", config=_vision_config(clip, what))
+    vision = from_pretrained(CLIPVisionModelWithProjection, clip, f"{what} CLIP model", config=clip_vision_config(clip, what))
     preprocess = torchvision_clip_preprocess(vision.config.image_size)
     return freeze(AestheticReward(vision, head, preprocess), device, dtype)
