@@ -104,3 +104,21 @@ def test_bad_generators_are_refused_before_anything_is_drawn(run, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
     assert not out.exists()
+
+
+def test_features_give_fidelity_to_the_reference_diversity_and_drift(run, tmp_path):
+    out = tmp_path / "fid"
+    assert main(eval_args(run, out, "--features", f"clip:{run}/tiny/clip", "--reference", "base")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    fid = metrics["fidelity"]
+    assert fid["reference"] == {"generator": "base"}
+    base, student = fid["generators"]["base"], fid["generators"][run.name]
+    assert base["fd"] == pytest.approx(0, abs=1e-6) and student["fd"] > 1e-6  # the reference against itself, and another set
+    assert student["images"] == 6 and student["diversity"] > 0 and student["feature_drift_from_base"] > 0
+    assert metrics["protocol"]["features"]["features"] == "clip" and metrics["protocol"]["features"]["weights_sha256"]
+    assert "## Fidelity, diversity and drift in clip features" in (out / "report.md").read_text()
+
+
+def test_a_reference_needs_features(run, tmp_path, capsys):
+    assert main(eval_args(run, tmp_path / "x", "--reference", "base")) == 2
+    assert "--reference: fidelity is measured in features" in capsys.readouterr().err

@@ -26,11 +26,14 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("generators", nargs="+", metavar="GENERATOR", help="a didr run, its export, or a diffusers pipeline folder / hub id [?steps=&guidance=&name=]")
     p.add_argument("--out", required=True, help="output folder (images, scores.csv, metrics.json, report.md, grid.png)")
-    p.add_argument("--prompts", default="builtin", help="prompt file (.txt, .jsonl) or builtin (default)")
+    p.add_argument("--prompts", default="builtin", help="prompt file (.txt, .jsonl, .json, .csv, .tsv, .parquet, a benchmark's released layout) or builtin")
     p.add_argument("-r", "--reward", action="append", metavar="SPEC", help="reward spec, repeatable (default: pickscore)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
     p.add_argument("--seed-base", type=int, default=0, help="the first seed (default 0)")
     p.add_argument("--limit", type=int, default=0, help="only the first N prompts")
+    p.add_argument("--categories", nargs="+", default=[], help="only the prompts of these categories")
+    p.add_argument("--features", default=None, metavar="SPEC", help="feature model: clip:REF, dinov2:REF or inception:FILE (diversity, drift, fidelity)")
+    p.add_argument("--reference", default=None, metavar="NAME|DIR", help="fidelity reference: a generator's name (the teacher) or a folder of images")
     p.add_argument("--resolution", type=int, default=None, help="image side for pipelines (exports use their own)")
     p.add_argument("--base", default=None, help="the generator the others are compared with (default: the first)")
     p.add_argument("--device", default="auto")
@@ -47,7 +50,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = EvalConfig(generators=args.generators, out=args.out, prompts=args.prompts, rewards=args.reward or ["pickscore"], seeds=args.seeds,
-                     seed_base=args.seed_base, limit=args.limit, resolution=args.resolution, base=args.base, device=args.device,
+                     seed_base=args.seed_base, limit=args.limit, categories=args.categories, features=args.features,
+                     reference=args.reference, resolution=args.resolution, base=args.base, device=args.device,
                      dtype=args.dtype, batch=args.batch)
     metrics = run_eval(cfg)
     print((Path(args.out) / "report.md").read_text().split("## Against")[0].strip())

@@ -11,6 +11,10 @@ Each generator (:mod:`didr.eval.generators`) draws one image per prompt and seed
 - per generator against the base (``--base``, default the first): the paired per-image difference and
   the win rate, with intervals, and the drift: the RMS pixel difference of images drawn from the
   same prompt and seed (the same initial noise when the latent shapes agree);
+- with ``--features`` (a model the user has: ``clip:REF``, ``dinov2:REF``, ``inception:FILE``), per
+  generator the diversity across seeds and the feature drift from the base, and with ``--reference``
+  (a generator's name, e.g. the teacher's, or a folder of real images) the Fréchet distance and KID
+  to that set (:mod:`didr.eval.fidelity`);
 - a protocol block (:mod:`didr.eval.protocol`) with everything that decides the numbers.
 
 Written: ``scores.csv`` (one row per image), ``metrics.json``, ``report.md`` (a table in the
@@ -30,15 +34,17 @@ from typing import Any
 import numpy as np
 
 from didr.config import require
+from didr.data.prompt_sets import PromptSet, load_prompt_set
 from didr.errors import ConfigError
+from didr.eval.features import load_features
+from didr.eval.fidelity import fidelity_metrics, image_features, reference_features
 from didr.eval.generators import GeneratorSpec, parse_generator, sample_images
 from didr.eval.plots import image_grid
 from didr.eval.protocol import build_protocol, reward_entry
 from didr.eval.report import markdown_table, write_report
 from didr.eval.score import load_image, named_rewards, score_images
 from didr.eval.stats import Interval, difference_interval, mean_interval, win_rate_interval
-from didr.files import atomic_write_text, digest
-from didr.models.text import load_prompts
+from didr.files import atomic_write_text
 from didr.progress import Progress
 from didr.rewards.registry import check_reward_reference
 from didr.runtime import DTYPES, resolve_device
@@ -53,6 +59,9 @@ class EvalConfig:
     seeds: int = 2  # seeds 0 .. seeds - 1 (offset by seed_base) for every prompt
     seed_base: int = 0
     limit: int = 0  # the first N prompts (0 = all)
+    categories: list[str] = field(default_factory=list)  # only the prompts of these categories (PartiPrompts, DrawBench, ...)
+    features: str | None = None  # feature model for diversity, drift and fidelity: clip:REF | dinov2:REF | inception:FILE
+    reference: str | None = None  # the fidelity reference set: a generator's name or a folder of images (needs features)
     resolution: int | None = None
     base: str | None = None  # the generator the others are compared with (default: the first)
     device: str = "auto"
@@ -67,6 +76,7 @@ class EvalConfig:
         require(self.batch >= 1, "--batch", f"must be >= 1, got {self.batch}")
         require(self.dtype in DTYPES, "--dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         require(bool(self.rewards), "--reward", "give at least one reward")
+        require(self.reference is None or self.features is not None, "--reference", "fidelity is measured in features: give --features too")
 
 
 @dataclass
@@ -78,11 +88,10 @@ class Scores:
     by_reward: dict[str, np.ndarray]
 
 
-def prepare(cfg: EvalConfig) -> tuple[list[str], list[int], list[GeneratorSpec]]:
+def prepare(cfg: EvalConfig) -> tuple[PromptSet, list[int], list[GeneratorSpec]]:
     """Everything checked before an image is drawn: prompts, seeds, generators, reward specs."""
     cfg.validate()
-    prompts = load_prompts(cfg.prompts)
-    prompts = prompts[: cfg.limit] if cfg.limit else prompts
+    prompts = load_prompt_set(cfg.prompts, limit=cfg.limit or None, categories=cfg.categories or None)
     seeds = list(range(cfg.seed_base, cfg.seed_base + cfg.seeds))
     specs = [parse_generator(g, cfg.resolution) for g in cfg.generators]
     names = [s.name for s in specs]
@@ -97,9 +106,10 @@ def prepare(cfg: EvalConfig) -> tuple[list[str], list[int], list[GeneratorSpec]]
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Draw, score and compare; write the outputs under ``cfg.out``; return the metrics."""
-    prompts, seeds, specs = prepare(cfg)
-    out = Path(cfg.out)
+    prompt_set, seeds, specs = prepare(cfg)
+    prompts, out = prompt_set.prompts, Path(cfg.out)
     device = resolve_device(cfg.device)
+    features = load_features(cfg.features, device=device) if cfg.features else None
     bar = Progress(len(specs) * len(prompts) * len(seeds), "eval: drawing images", enabled=cfg.progress)
     files = {s.name: sample_images(s, prompts, seeds, out / "images" / s.name, device=device, dtype=DTYPES[cfg.dtype], batch=cfg.batch,
                                    progress=bar.update) for s in specs}
@@ -108,14 +118,23 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     per_image = [p for p in prompts for _ in seeds]
     scores = {s.name: score_generator(s, files[s.name], per_image, rewards, (len(prompts), len(seeds))) for s in specs}
     base = cfg.base or specs[0].name
+    fidelity = measure_fidelity(features, cfg.reference, files, len(seeds), base) if features is not None else None
     protocol = build_protocol(
-        prompts={"count": len(prompts), "sha256": digest(prompts)}, prompt_source=cfg.prompts, seeds=seeds,
+        prompts={"count": len(prompts), "sha256": prompt_set.sha256}, prompt_source={**prompt_set.describe(), "source": cfg.prompts}, seeds=seeds,
         resolution=sorted({tuple(load_image(f[0]).shape[1:]) for f in files.values()}), dtype=cfg.dtype,
         rewards={name: reward_entry(spec, rewards[name]) for name, spec in zip(rewards, cfg.rewards)}, reward_specs=cfg.rewards,
-        generators={s.name: s.describe() for s in specs}, features=None)
+        generators={s.name: s.describe() for s in specs}, features=features.describe() if features is not None else None)
     metrics = summarise(scores, base, protocol)
+    if fidelity is not None:
+        metrics["fidelity"] = fidelity
     write_outputs(out, prompts, seeds, scores, metrics)
     return metrics
+
+
+def measure_fidelity(features, reference: str | None, files: dict[str, list[Path]], seeds: int, base: str) -> dict:
+    feats = {name: image_features(features, f) for name, f in files.items()}
+    ref, described = reference_features(features, reference, feats) if reference else (None, None)
+    return {"reference": described, "generators": fidelity_metrics(feats, ref, seeds, base)}
 
 
 def score_generator(spec: GeneratorSpec, files: list[Path], per_image: list[str], rewards: dict, shape: tuple[int, int]) -> Scores:
@@ -184,10 +203,22 @@ def report_sections(metrics: dict) -> list[str]:
     table = markdown_table(["generator", "steps", *rewards, f"pixel drift from {metrics['base']}"], rows)
     comp = markdown_table(["generator", "against", "reward", "mean difference", "win rate"],
                           [[c["generator"], c["against"], c["reward"], _cell(c["difference"]), _cell(c["win_rate"])] for c in metrics["comparisons"]])
-    head = (f"{proto['prompts']['count']} prompts (`{proto['prompt_source']}`, hash {proto['prompts']['sha256']}) x "
+    head = (f"{proto['prompts']['count']} prompts (`{proto['prompt_source']['source']}`, sha256 {proto['prompts']['sha256'][:12]}) x "
             f"{len(proto['seeds'])} seeds; means with 95% bootstrap intervals over prompts, seeds paired.")
     protocol_block = "## Protocol\n\n```json\n" + json.dumps(proto, indent=2) + "\n```"
-    return [head, table, "## Against the base, image by image\n\n" + comp, "![grid](grid.png)", protocol_block]
+    return [head, table, "## Against the base, image by image\n\n" + comp, fidelity_section(metrics), "![grid](grid.png)", protocol_block]
+
+
+def fidelity_section(metrics: dict) -> str:
+    fid = metrics.get("fidelity")
+    if fid is None:
+        return ""
+    cols = [("fd", "FD"), ("kid", "KID"), ("kid_std", "KID std"), ("diversity", "diversity"), ("feature_drift_from_base", "drift from base")]
+    rows = [[name, g["images"], *(f"{g[k]:.4g}" if k in g else "-" for k, _ in cols)] for name, g in fid["generators"].items()]
+    where = metrics["protocol"]["features"]["features"]
+    ref = fid["reference"] or "none"
+    return (f"## Fidelity, diversity and drift in {where} features\n\nReference set: {ref}. FD and KID grow as the sets shrink: "
+            "compare them at equal counts only.\n\n" + markdown_table(["generator", "images", *(c for _, c in cols)], rows))
 
 
 def _steps(call: dict) -> str:
