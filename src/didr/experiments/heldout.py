@@ -32,6 +32,7 @@ from didr.eval.score import load_image, score_images
 from didr.eval.stats import Interval, mean_interval
 from didr.files import atomic_write_text
 from didr.models.text import PromptSet
+from didr.train.evaluation import EvalOutcome
 
 TRAINED = "trained"
 
@@ -72,8 +73,8 @@ class HeldOutEvaluation:
                 save_png(((image.float().cpu() + 1) / 2), files[k])
         return files
 
-    def __call__(self, generator: Callable, step: int) -> tuple[dict[str, float], dict[str, np.ndarray], list[Alarm]]:
-        """Draw, score and measure at ``step``: (scalars to log, images to log, alarms raised)."""
+    def __call__(self, generator: Callable, step: int) -> EvalOutcome:
+        """Draw, score and measure at ``step``: scalars and the grid to log, the alarms raised."""
         was_training = getattr(generator, "training", False)
         if hasattr(generator, "eval"):
             generator.eval()
@@ -98,7 +99,7 @@ class HeldOutEvaluation:
         self._record(evaluation, intervals, drift, alarms)
         scalars = {f"eval/{name}": iv.estimate for name, iv in intervals.items()}
         scalars.update({"eval/diversity": diversity or 0.0, "eval/drift": drift.estimate if drift is not None else 0.0})
-        return scalars, {"samples": _read_rgb(grid)}, alarms
+        return EvalOutcome(scalars, {"samples": _read_rgb(grid)}, [a.message for a in alarms], best=self.alarm.best().step == step)
 
     def _record(self, evaluation: Evaluation, intervals: dict[str, Interval], drift: Interval | None, alarms: list[Alarm]) -> None:
         record = {"evaluation": evaluation.__dict__, "intervals": {k: v.to_dict() for k, v in intervals.items()},

@@ -27,5 +27,5 @@ class Experiment:
 EXPERIMENTS: dict[str, Experiment] = {
     "toy": Experiment(lambda cfg, out_dir, _: train_toy(cfg, out_dir)),
     "digits": Experiment(lambda cfg, out_dir, _: run_digits(cfg, out_dir)),
-    "text-to-image": Experiment(run_text_to_image, lambda cfg, out_dir: build(cfg.backbone, out_dir)),
+    "text-to-image": Experiment(run_text_to_image, lambda cfg, out_dir: build(cfg.backbone, out_dir, held_out=cfg.train.eval_every > 0)),
 }

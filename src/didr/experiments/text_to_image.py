@@ -213,10 +213,10 @@ def build_run_objective(run_cfg, t2i: TextToImage):
 def run_text_to_image(run_cfg, out_dir: Path, t2i: TextToImage | None = None) -> dict:
     """``didr train`` entry point: build and check (unless given the built run), train with the
     configured objective, export."""
-    t2i = t2i or build(run_cfg.backbone, out_dir)
+    t2i = t2i or build(run_cfg.backbone, out_dir, held_out=run_cfg.train.eval_every > 0)
     objective = build_run_objective(run_cfg, t2i)
     alignment = Alignment(t2i.generator, t2i.reference, t2i.ta, objective, t2i.sample_inputs, t2i.networks)
-    trainer = Trainer(alignment, run_cfg.train, out_dir, desc=f"{run_cfg.method.name} {t2i.cfg.kind}")
+    trainer = Trainer(alignment, run_cfg.train, out_dir, desc=f"{run_cfg.method.name} {t2i.cfg.kind}", evaluate=held_out_evaluation(t2i, out_dir))
     logs = trainer.run()
     generator = trainer.unsharded_generator()  # whole on the main process (gathered under FSDP2), None elsewhere
     if generator is not None:

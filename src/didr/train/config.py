@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from didr.config import require
 from didr.diffusion.losses import TA_WEIGHTINGS
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
+ALARM_MODES = ("off", "warn", "stop")
+TRACKERS = ("tensorboard", "wandb")
 
 #: fields that may change when a run is resumed; any other change makes the checkpoint incompatible.
 #: grad_accum splits the global batch with the number of processes: a run resumed on half as many
 #: processes keeps its global batch, and its random streams, with twice the grad_accum (didr.train.streams)
-RESUMABLE_CHANGES = ("steps", "log_every", "progress", "checkpoint_every", "keep_checkpoints", "max_bad_steps", "resume", "grad_accum")
+RESUMABLE_CHANGES = ("steps", "log_every", "progress", "checkpoint_every", "keep_checkpoints", "max_bad_steps", "resume", "grad_accum",
+                     "eval_every", "alarm", "trackers")
 
 
 @dataclass
@@ -41,6 +44,9 @@ class TrainConfig:
     max_bad_steps: int = 10  # stop after this many skipped (NaN / inf) steps in a row
     resume: bool = False  # continue from the latest good checkpoint under OUT/checkpoints/
     progress: bool = True  # progress on stderr: a bar on a terminal, else a plain line every 10% or 60 s
+    eval_every: int = 0  # steps between the experiment's held-out evaluations (and one before the first step); 0 = none
+    alarm: str = "warn"  # what a reward-hacking alarm at an evaluation does: off | warn | stop (and export the best evaluation's generator)
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # scalars and images: tensorboard, wandb (when installed)
 
     def validate(self, path: str = "train") -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_bad_steps"):
@@ -56,4 +62,8 @@ class TrainConfig:
         require(self.weight_decay >= 0, f"{path}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.mixed_precision in MIXED_PRECISION, f"{path}.mixed_precision", f"must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
         require(self.ta_weighting in TA_WEIGHTINGS, f"{path}.ta_weighting", f"must be one of {', '.join(TA_WEIGHTINGS)}, got {self.ta_weighting!r}")
+        require(self.eval_every >= 0, f"{path}.eval_every", f"must be >= 0, got {self.eval_every}")
+        require(self.alarm in ALARM_MODES, f"{path}.alarm", f"must be one of {', '.join(ALARM_MODES)}, got {self.alarm!r}")
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        require(not unknown, f"{path}.trackers", f"{', '.join(unknown)}: not one of {', '.join(TRACKERS)}")
         require(self.lr_schedule in LR_SCHEDULES, f"{path}.lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")

@@ -29,7 +29,6 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,47 +37,21 @@ import yaml
 from torch import Tensor, nn
 
 from didr.diffusion.losses import dsm_loss, dsm_weighting, sample_times
-from didr.errors import CheckpointError, ConfigError, DidrError, NonFiniteError
-from didr.objectives.methods import Objective
+from didr.errors import CheckpointError, ConfigError, NonFiniteError
 from didr.progress import Progress
 from didr.rewards.base import NonFiniteRewardError
 from didr.train import checkpoint as ckpt
 from didr.train import state as saved_state
+from didr.train.alignment import Alignment, RewardStop, TrainingError
 from didr.train.config import TrainConfig
 from didr.train.distributed import Prepared, any_rank, clip_grad_norm, describe, make_accelerator, reduce_logs, same_on_all_ranks, to_device
 from didr.train.ema import EMA
+from didr.train.evaluation import EvalOutcome, RunEvaluation
 from didr.train.fsdp import Sharded, ShardingPlan, full_state_dict, grad_norm, plan_from_launch
-from didr.train.metrics import MetricsLog
+from didr.train.metrics import MetricsLog, plot_run_curves
 from didr.train.optim import make_lr_schedule, make_optimizer
 from didr.train.signals import Interrupted, StopSignals
 from didr.train.streams import RandomStreams, batch_split_note
-
-
-@dataclass
-class Alignment:
-    """Everything the loop trains or queries. ``sample_inputs(n)`` returns generator inputs (z, cond).
-    ``networks``: the distinct networks the roles call, each listed once even when several roles
-    share it; under FSDP2 each is sharded block by block (default: the three roles themselves)."""
-
-    generator: nn.Module
-    reference: nn.Module
-    ta: nn.Module | None
-    objective: Objective
-    sample_inputs: Callable[[int], tuple[Tensor, Any]]
-    networks: list[nn.Module] = field(default_factory=list)
-
-    def all_networks(self) -> list[nn.Module]:
-        if self.networks:
-            return list(self.networks)
-        return [m for m in (self.generator, self.ta, self.reference) if m is not None]
-
-
-class TrainingError(DidrError):
-    """The run cannot go on (too many non-finite steps in a row)."""
-
-
-class RewardStop(TrainingError, NonFiniteRewardError):
-    """The run stopped because the reward kept returning NaN or inf."""
 
 
 class Trainer:
@@ -102,8 +75,10 @@ class Trainer:
         run_config: dict | None = None,
         accelerator=None,
         sharding: ShardingPlan | None = None,
+        evaluate: Callable[[nn.Module, int], EvalOutcome] | None = None,
     ):
         self.a, self.cfg, self.desc = alignment, cfg, desc
+        self.evaluate = evaluate  # the experiment's held-out evaluation, every cfg.eval_every steps (didr.train.evaluation)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.acc = accelerator if accelerator is not None else make_accelerator(cfg.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
@@ -447,7 +422,8 @@ class Trainer:
         start_note = f" (resumed from {self.resumed_from.name})" if self.resumed_from else ""
         self.log_line(f"start: step {self.step_count} of {self.cfg.steps}{start_note}; {describe(self.acc, self.sharded is not None)}; "
                       f"effective batch {self.cfg.batch_size * self.cfg.grad_accum * self.world}")
-        log = MetricsLog(self.out_dir if self.is_main else None)
+        log = MetricsLog(self.out_dir if self.is_main else None, self.cfg.trackers)
+        evals = self._evaluations(log)
         bar = Progress(self.cfg.steps, self.desc, initial=self.step_count, enabled=self.cfg.progress and self.is_main)
         start, logs = time.perf_counter(), {}
         saved_at = self.step_count if self.resumed_from else -1  # the checkpoint it resumed from
@@ -464,6 +440,8 @@ class Trainer:
                         bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("ta_loss", "reward", "grad_norm")})
                         if on_log is not None:
                             on_log(self.step_count, logs)
+                    if evals is not None and evals.due(self.step_count) and self._evaluate(evals, log):
+                        break
                     if self.cfg.checkpoint_every and self.step_count % self.cfg.checkpoint_every == 0:
                         self.save_checkpoint()
                         saved_at = self.step_count
@@ -474,6 +452,8 @@ class Trainer:
             finally:
                 bar.close()
                 log.close()
+                if self.is_main and self.out_dir is not None:
+                    plot_run_curves(self.out_dir)
             if self.bad_in_a_row and self.bad_in_a_row >= self.step_count - first_step:
                 self._stop(f"all {self.bad_in_a_row} steps of the run had NaN or inf")
             if saved_at != self.step_count:
@@ -481,6 +461,30 @@ class Trainer:
             self.export()
         self.log_line(f"done: step {self.step_count}, {self.bad_total} skipped steps; {self._agreement()}")
         return logs
+
+    def _evaluations(self, log: MetricsLog) -> RunEvaluation | None:
+        """The experiment's evaluations, with one before the first step (not under FSDP2, whose
+        sharded generator runs only with every process)."""
+        if self.evaluate is None or not self.cfg.eval_every:
+            return None
+        if self.sharded is not None:
+            raise ConfigError("train.eval_every: evaluations during a sharded (FSDP2) run are not supported; evaluate the export with didr eval")
+        evals = RunEvaluation(self.evaluate, self.cfg.eval_every, self.cfg.alarm, self.log_line)
+        self._evaluate(evals, log)
+        return evals
+
+    def _evaluate(self, evals: RunEvaluation, log: MetricsLog) -> bool:
+        """One evaluation on the main process; whether the run stops (an alarm under ``train.alarm: stop``,
+        which also puts the best evaluation's generator back, on every process)."""
+        stop = evals(self.step_count, self.sampling_generator, log) if self.is_main else False
+        if not any_rank(self.acc, stop):
+            return False
+        best = evals.restore_best(self.sampling_generator) if self.is_main else None
+        for module in (self.sampling_generator,) if self.world > 1 else ():
+            for p in module.parameters():
+                torch.distributed.broadcast(p.data, src=0)
+        self.log_line(f"stopped by the alarm at step {self.step_count}; the export is the generator of step {best} (best held-out evaluation)")
+        return True
 
     def _latest(self) -> Path | None:
         root = self.checkpoint_dir
