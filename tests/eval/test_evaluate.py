@@ -96,6 +96,8 @@ def test_compare_refuses_reports_measured_differently(evaluated, run, tmp_path, 
     (["RUN?steps=two"], "steps='two': not a number"),
     (["RUN?cfg=3"], "option 'cfg=3' is not one of"),
     (["RUN", "RUN"], "two share a name"),
+    (["RUN?weights=/nowhere/unet.safetensors"], "weights: /nowhere/unet.safetensors does not exist"),
+    (["RUN?scheduler=NoSuchScheduler&name=x"], "scheduler='NoSuchScheduler' is not a diffusers scheduler class"),
 ])
 def test_bad_generators_are_refused_before_anything_is_drawn(run, tmp_path, capsys, args, fragment):
     out = tmp_path / "out"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
@@ -26,17 +23,10 @@ def photos():
 
 @pytest.fixture(scope="session")
 def hps_folder(tmp_path_factory):
-    """HPSv2's file name and ``{"state_dict": ...}`` layout from an open_clip-layout module, a tokenizer
-    and the tiny architecture's config.json; returns (folder, reference module)."""
-    from didr.testing.reward_models import OpenClipReference, save_clip_tokenizer, tiny_hps_config
+    """HPSv2's layout; returns (folder, reference module)."""
+    from didr.testing.reward_models import save_hps_folder
 
-    folder = tmp_path_factory.mktemp("hps")
-    vocab = save_clip_tokenizer(folder)
-    torch.manual_seed(0)
-    reference = OpenClipReference(vocab).eval()
-    torch.save({"epoch": 1, "state_dict": reference.state_dict()}, folder / "HPS_v2.1_compressed.pt")
-    (folder / "config.json").write_text(json.dumps(tiny_hps_config(vocab)))
-    return folder, reference
+    return save_hps_folder(tmp_path_factory.mktemp("hps"))
 
 
 @pytest.fixture(scope="session")
@@ -50,13 +40,6 @@ def image_reward_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def aesthetic_folder(tmp_path_factory):
     """OpenAI-CLIP-like tiny model (quick GELU) plus a head file under the official name."""
-    from didr.rewards.heads import MLPHead
-    from didr.testing.reward_models import save_clip_folder
+    from didr.testing.reward_models import save_aesthetic_folder
 
-    folder = save_clip_folder(tmp_path_factory.mktemp("aesthetic"), seed=1, act="quick_gelu")
-    torch.manual_seed(2)
-    head = MLPHead(16)
-    for p in head.parameters():
-        p.data.normal_(0, 0.3)
-    torch.save(head.state_dict(), folder / "sac+logos+ava1-l14-linearMSE.pth")
-    return folder
+    return save_aesthetic_folder(tmp_path_factory.mktemp("aesthetic"))

@@ -38,7 +38,7 @@ from didr.data.prompt_sets import PromptSet, load_prompt_set
 from didr.errors import ConfigError
 from didr.eval.features import load_features
 from didr.eval.fidelity import fidelity_metrics, image_features, reference_features
-from didr.eval.generators import GeneratorSpec, parse_generator, sample_images
+from didr.eval.generators import GeneratorSpec, check_changes, parse_generator, sample_images
 from didr.eval.plots import image_grid
 from didr.eval.protocol import build_protocol, reward_entry
 from didr.eval.report import markdown_table, write_report
@@ -99,6 +99,8 @@ def prepare(cfg: EvalConfig) -> tuple[PromptSet, list[int], list[GeneratorSpec]]
         raise ConfigError(f"generators: two share a name ({', '.join(names)}); give each ?name=...")
     if cfg.base is not None and cfg.base not in names:
         raise ConfigError(f"--base {cfg.base!r}: not one of the generators ({', '.join(names)})")
+    for spec in specs:
+        check_changes(spec)
     for spec in cfg.rewards:
         check_reward_reference(spec)
     return prompts, seeds, specs

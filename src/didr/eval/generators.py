@@ -8,7 +8,11 @@ A generator is named by ``SOURCE[?key=value&...]``:
   called with ``steps`` (``num_inference_steps``) and ``guidance`` (``guidance_scale``) as given.
 
 Options: ``name`` (default: the folder's name), ``steps``, ``guidance``, ``true_cfg`` (Qwen-Image,
-FLUX's true CFG), ``timesteps`` (``999,749,...``), ``negative`` (a negative prompt). Every image is
+FLUX's true CFG), ``timesteps`` (``999,749,...``), ``negative`` (a negative prompt), and to run a
+released generator that ships as weights for a base pipeline: ``weights`` (a state-dict file for the
+pipeline's UNet / transformer, e.g. ``tianweiy/DMD2:dmd2_sdxl_1step_unet_fp16.bin``), ``lora`` (a LoRA
+loaded with ``load_lora_weights`` and fused) and ``scheduler`` (a diffusers scheduler class built
+from the pipeline's scheduler config, e.g. ``LCMScheduler``). Every image is
 ``pipe(prompt, generator=torch.Generator().manual_seed(seed), **call)`` for one prompt and seed, so an
 image does not depend on the batch it was drawn in, and generators of the same latent shape start
 from the same noise for the same seed.
@@ -26,12 +30,14 @@ from torch import Tensor
 
 from didr.errors import ConfigError, ModelLoadError
 from didr.files import atomic_write_bytes
-from didr.hub import HUB_ID, describe_ref, is_local
+from didr.hub import HUB_ID, describe_ref, is_local, load_state_dict, load_strict, resolve_weight_file, split_file_ref
 from didr.runtime import keep_quiet
 
 #: options of a generator spec and the pipeline keyword each sets (name is didr's own)
 OPTIONS = {"steps": "num_inference_steps", "guidance": "guidance_scale", "true_cfg": "true_cfg_scale", "timesteps": "timesteps",
-           "negative": "negative_prompt", "name": None}
+           "negative": "negative_prompt", "name": None, "weights": None, "lora": None, "scheduler": None}
+#: options that change the pipeline rather than its call
+PIPELINE_OPTIONS = ("weights", "lora", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,10 @@ class GeneratorSpec:
     source: str  # the pipeline folder or hub id that is loaded
     call: dict[str, Any] = field(default_factory=dict)  # keyword arguments of every pipeline call but prompt and generator
     kind: str = "pipeline"  # run | export | pipeline
+    changes: dict[str, str] = field(default_factory=dict)  # weights / lora / scheduler swapped into the pipeline
 
     def describe(self) -> dict:
-        return {"source": self.source, "kind": self.kind, "call": self.call}
+        return {"source": self.source, "kind": self.kind, "call": self.call, **self.changes}
 
 
 def parse_generator(spec: str, resolution: int | None = None) -> GeneratorSpec:
@@ -63,7 +70,8 @@ def parse_generator(spec: str, resolution: int | None = None) -> GeneratorSpec:
     call = {OPTIONS[k]: _value(k, v) for k, v in options.items() if OPTIONS[k]}
     if resolution:
         call.update(height=resolution, width=resolution)
-    return GeneratorSpec(options.get("name") or path.name, source, call, "pipeline")
+    changes = {k: options[k] for k in PIPELINE_OPTIONS if k in options}
+    return GeneratorSpec(options.get("name") or path.name, source, call, "pipeline", changes)
 
 
 def _recorded(export: Path, kind: str, name: str, options: dict, resolution: int | None, spec: str) -> GeneratorSpec:
@@ -113,7 +121,46 @@ def load_pipeline(spec: GeneratorSpec, device: torch.device, dtype: torch.dtype)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ModelLoadError(f"generator {spec.name}: cannot load a pipeline from {describe_ref(spec.source)}: {first}") from err
     pipe.set_progress_bar_config(disable=True)
+    apply_changes(pipe, spec)
     return pipe.to(device)
+
+
+def check_changes(spec: GeneratorSpec) -> None:
+    """The scheduler class exists and the weight and LoRA references resolve (before any image is drawn)."""
+    scheduler_class(spec)
+    for key in ("weights", "lora"):
+        ref = spec.changes.get(key)
+        repo, file = split_file_ref(ref) if ref else (None, None)
+        if ref and (file or is_local(ref)):
+            resolve_weight_file(ref, f"generator {spec.name} {key}", ["pytorch_lora_weights.safetensors"] if key == "lora" else ())
+
+
+def apply_changes(pipe, spec: GeneratorSpec) -> None:
+    """Swap a released generator's weights, LoRA or scheduler into its base pipeline."""
+    what = f"generator {spec.name}"
+    network = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    if "weights" in spec.changes:
+        path = resolve_weight_file(spec.changes["weights"], f"{what} weights")
+        load_strict(network, load_state_dict(path, f"{what} weights"), f"{what} weights", path)
+    if "lora" in spec.changes:
+        repo, file = split_file_ref(spec.changes["lora"])
+        path = resolve_weight_file(spec.changes["lora"], f"{what} lora") if file or is_local(repo) else repo
+        pipe.load_lora_weights(str(path))
+        pipe.fuse_lora()
+    if "scheduler" in spec.changes:
+        pipe.scheduler = scheduler_class(spec).from_config(pipe.scheduler.config)
+
+
+def scheduler_class(spec: GeneratorSpec):
+    import diffusers
+
+    name = spec.changes.get("scheduler")
+    if name is None:
+        return None
+    cls = getattr(diffusers, name, None)
+    if cls is None or not name.endswith("Scheduler"):
+        raise ConfigError(f"generator {spec.name}: scheduler={name!r} is not a diffusers scheduler class")
+    return cls
 
 
 def sample_images(spec: GeneratorSpec, prompts: Sequence[str], seeds: Sequence[int], folder: Path, *, device: torch.device,

@@ -331,3 +331,27 @@ def save_image_reward_folder(folder: Path, seed: int = 0) -> tuple[Path, BlipViT
     torch.save(state, folder / "ImageReward.pt")
     (folder / "med_config.json").write_text(json.dumps(cfg))
     return folder, vit
+
+
+def save_hps_folder(folder: Path, seed: int = 0) -> tuple[Path, nn.Module]:
+    """HPSv2's file name and ``{"state_dict": ...}`` layout from an open_clip-layout module, a tokenizer
+    and the tiny architecture's config.json; returns (folder, the reference module)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = save_clip_tokenizer(folder)
+    torch.manual_seed(seed)
+    reference = OpenClipReference(vocab).eval()
+    torch.save({"epoch": 1, "state_dict": reference.state_dict()}, folder / "HPS_v2.1_compressed.pt")
+    (folder / "config.json").write_text(json.dumps(tiny_hps_config(vocab)))
+    return folder, reference
+
+
+def save_aesthetic_folder(folder: Path, seed: int = 1) -> Path:
+    """An OpenAI-CLIP-like tiny model (quick GELU) plus a head file under the official name."""
+    folder = save_clip_folder(Path(folder), seed=seed, act="quick_gelu")
+    torch.manual_seed(seed + 1)
+    head = MLPHead(16)
+    for p in head.parameters():
+        p.data.normal_(0, 0.3)
+    torch.save(head.state_dict(), folder / "sac+logos+ava1-l14-linearMSE.pth")
+    return folder
