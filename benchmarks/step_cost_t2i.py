@@ -4,7 +4,7 @@ DI++ in the same run. Random weights, so no download is needed.
     python benchmarks/step_cost_t2i.py                        # on a GPU: both backbones at 1024 px
     python benchmarks/step_cost_t2i.py --backbones sdxl --grid full
     python benchmarks/step_cost_t2i.py --tiny                 # CPU, tiny pipelines: checks that the script works
-    python benchmarks/step_cost_t2i.py --grid check           # the GPU check: DI++, DIDR k = 1, 2 on SDXL and Z-Image (< 8 min)
+    python benchmarks/step_cost_t2i.py --grid check --repeats 2   # the GPU check: DI++, DIDR k = 1, 2 on SDXL and Z-Image at 1024 px
     python benchmarks/step_cost_t2i.py --grid check --device cpu --resolution 64 --warmup 0 --repeats 1 --ta-updates 1   # the same on a CPU
 
 The networks are the published configurations (``didr.testing.true_shapes``), written once as
@@ -104,12 +104,13 @@ def folders(backbone: str, cache: Path, tiny: bool) -> tuple[Path, str]:
         if not (clip / "config.json").is_file():
             tiny_models.save_tiny_clip(clip)
         return pipe, f"pickscore:{clip}"
+    build_on = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU draws the random weights in seconds
     pipe = cache / f"{backbone}-bf16"
     if not (pipe / "model_index.json").is_file():
-        true_shapes.SAVERS[backbone](pipe, dtype=torch.bfloat16)
+        true_shapes.SAVERS[backbone](pipe, dtype=torch.bfloat16, device=build_on)
     clip = cache / "clip-h-bf16"
     if not (clip / "config.json").is_file():
-        true_shapes.save_clip_h(clip, dtype=torch.bfloat16)
+        true_shapes.save_clip_h(clip, dtype=torch.bfloat16, device=build_on)
     return pipe, f"pickscore:{clip}"
 
 

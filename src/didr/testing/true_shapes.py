@@ -107,8 +107,9 @@ def _clip_text(name: str, vocab: int, layers: int, dtype: torch.dtype):
         return cls(CLIPTextConfig(**cfg))
 
 
-def save_sdxl_pipeline(folder: Path, *, dtype: torch.dtype = torch.float32, text_layers: int = 1, seed: int = 0) -> Path:
-    """A ``StableDiffusionXLPipeline`` folder: SDXL base 1.0's UNet, VAE and scheduler, random weights."""
+def save_sdxl_pipeline(folder: Path, *, dtype: torch.dtype = torch.float32, text_layers: int = 1, seed: int = 0, device: str = "cpu") -> Path:
+    """A ``StableDiffusionXLPipeline`` folder: SDXL base 1.0's UNet, VAE and scheduler, random weights
+    (initialised on ``device``: a GPU draws billions of them in seconds)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
@@ -116,11 +117,12 @@ def save_sdxl_pipeline(folder: Path, *, dtype: torch.dtype = torch.float32, text
     vocab = save_char_tokenizer(folder / "_tok")
     tok = CLIPTokenizer.from_pretrained(folder / "_tok")
     torch.manual_seed(seed)
-    pipe = StableDiffusionXLPipeline(
-        vae=vae("sdxl", dtype), text_encoder=_clip_text("sdxl_text_encoder", vocab, text_layers, dtype),
-        text_encoder_2=_clip_text("sdxl_text_encoder_2", vocab, text_layers, dtype), tokenizer=tok, tokenizer_2=tok,
-        unet=sdxl_unet(dtype), scheduler=EulerDiscreteScheduler.from_config(published_config("sdxl_scheduler")),
-    )
+    with torch.device(device):
+        pipe = StableDiffusionXLPipeline(
+            vae=vae("sdxl", dtype), text_encoder=_clip_text("sdxl_text_encoder", vocab, text_layers, dtype),
+            text_encoder_2=_clip_text("sdxl_text_encoder_2", vocab, text_layers, dtype), tokenizer=tok, tokenizer_2=tok,
+            unet=sdxl_unet(dtype), scheduler=EulerDiscreteScheduler.from_config(published_config("sdxl_scheduler")),
+        )
     pipe.save_pretrained(folder, max_shard_size=SHARD)
     shutil.rmtree(folder / "_tok")
     return folder
@@ -128,7 +130,7 @@ def save_sdxl_pipeline(folder: Path, *, dtype: torch.dtype = torch.float32, text
 
 def save_zimage_pipeline(folder: Path, *, dtype: torch.dtype = torch.float32, n_layers: int | None = None,
                          n_refiner_layers: int | None = None, text_layers: int = 1,
-                         seed: int = 0) -> Path:
+                         seed: int = 0, device: str = "cpu") -> Path:
     """A ``ZImagePipeline`` folder: Z-Image's transformer (``n_layers`` main blocks), VAE and scheduler, random weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
     from transformers import CLIPTokenizer, Qwen3Config, Qwen3Model
@@ -140,24 +142,27 @@ def save_zimage_pipeline(folder: Path, *, dtype: torch.dtype = torch.float32, n_
     text_cfg = {k: v for k, v in published_config("zimage_text_encoder").items() if k not in ("architectures", "model_type")}
     text_cfg.update(vocab_size=vocab, num_hidden_layers=text_layers)
     torch.manual_seed(seed)
-    with default_dtype(dtype):
+    with torch.device(device), default_dtype(dtype):
         text = Qwen3Model(Qwen3Config(**text_cfg))
-    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_config(published_config("zimage_scheduler")),
-                          vae=vae("zimage", dtype), text_encoder=text, tokenizer=tokenizer,
-                          transformer=zimage_transformer(dtype, n_layers, n_refiner_layers))
+    with torch.device(device):
+        pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_config(published_config("zimage_scheduler")),
+                              vae=vae("zimage", dtype), text_encoder=text, tokenizer=tokenizer,
+                              transformer=zimage_transformer(dtype, n_layers, n_refiner_layers))
     pipe.save_pretrained(folder, max_shard_size=SHARD)
     shutil.rmtree(folder / "_tok")
     return folder
 
 
-def save_clip_h(folder: Path, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+def save_clip_h(folder: Path, *, dtype: torch.dtype = torch.float32, seed: int = 0, device: str = "cpu") -> Path:
     """A transformers CLIP ViT-H/14 folder with tokenizer and image processor (``pickscore:FOLDER``)."""
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     folder = Path(folder)
     vocab = save_char_tokenizer(folder)
     torch.manual_seed(seed)
-    clip_h(dtype, vocab).save_pretrained(folder, max_shard_size=SHARD)
+    with torch.device(device):
+        model = clip_h(dtype, vocab)
+    model.save_pretrained(folder, max_shard_size=SHARD)
     CLIPImageProcessorPil().save_pretrained(folder)  # CLIP's 224 px resize, crop and normalisation
     return folder
 
