@@ -72,20 +72,19 @@ def atomic_save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[s
 
 
 def atomic_write_text(text: str, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fsync_dir(path.parent)
+    atomic_write_bytes(text.encode(), path, durable=True)
 
 
-def atomic_write_bytes(data: bytes, path: Path) -> None:
-    """``data`` to a temporary file beside ``path``, then renamed over it: a reader sees all or nothing."""
+def atomic_write_bytes(data: bytes, path: Path, durable: bool = False) -> None:
+    """``data`` to a temporary file beside ``path``, then renamed over it: a reader sees all or nothing;
+    ``durable``: fsynced, so that it survives a crash of the machine too."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     tmp.replace(path)
+    if durable:
+        fsync_dir(path.parent)

@@ -280,6 +280,10 @@ def move_into_place(source: Path, folder: Path, done: str) -> Path:
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.move(str(source), str(tmp))
+    return _rename_into_place(tmp, folder, done)
+
+
+def _rename_into_place(tmp: Path, folder: Path, done: str) -> Path:
     try:
         tmp.rename(folder)
     except OSError:  # another process renamed its copy first
@@ -300,13 +304,7 @@ def build_once(folder: Path, build, done: str) -> Path:
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     build(tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process renamed its copy first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / done).is_file():
-            raise
-    return folder
+    return _rename_into_place(tmp, folder, done)
 
 
 def tiny_sdxl_cond(batch: int, generator: torch.Generator | None = None) -> dict:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from didr.diffusion.denoiser import NetworkDenoiser
 from didr.diffusion.schedules import FlowMatchingSchedule, NoiseSchedule
+from didr.errors import ConfigError
 from didr.models.decode import scaled_decode
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,6 +83,17 @@ class Family:
     denoiser: Callable[[nn.Module, NoiseSchedule, str], NetworkDenoiser]
     schedule: Callable[..., NoiseSchedule]
     flow: bool = True
+
+
+def text_width_check(key: str, width_field: str = "joint_attention_dim") -> Callable:
+    """A backbone's start-up check that its network takes text states as wide as the encoder's ``key`` rows."""
+
+    def check(cfg, name: str, c, row: dict) -> None:
+        width, expected = row[key].shape[-1], getattr(c, width_field)
+        if expected != width:
+            raise ConfigError(f"backbone: the {name} transformer takes text states of width {expected}, the text encoder gives {width}")
+
+    return check
 
 
 def default_latent_shape(cfg, vae) -> tuple[int, int, int]:

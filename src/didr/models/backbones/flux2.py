@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 
 from didr.diffusion.denoiser import FlowDenoiser
-from didr.errors import ConfigError
-from didr.models.backbones.base import Backbone, DiffusersCall, Family, flow_schedule
+from didr.models.backbones.base import Backbone, DiffusersCall, Family, flow_schedule, text_width_check
 from didr.models.decode import vae_dtype
 from didr.models.text import PipelineTextEncoder
 
@@ -77,12 +76,6 @@ def flux2_decode(vae, z):
     return vae.decode(z.to(vae_dtype(vae)), return_dict=False)[0]
 
 
-def check_flux2(cfg, name: str, c, row: dict) -> None:
-    width = row["encoder_hidden_states"].shape[-1]
-    if c.joint_attention_dim != width:
-        raise ConfigError(f"backbone: the {name} transformer takes text states of width {c.joint_attention_dim}, the text encoder gives {width}")
-
-
 def flux2_call(cfg) -> dict:
     """No CFG (guidance 1), the run's text length and size."""
     return {"guidance_scale": 1.0, "max_sequence_length": cfg.max_sequence_length, "height": cfg.resolution, "width": cfg.resolution}
@@ -92,5 +85,5 @@ FLUX2_FAMILY = Family("flux2", lambda net, schedule, prediction_type="flow": Flu
                       lambda scheduler, tokens=4096, steps=50: flow_schedule(scheduler, tokens, steps, mu=empirical_mu))
 #: the [klein] base's guidance 4; its step-distilled models take none
 FLUX2 = Backbone("flux2", FLUX2_FAMILY, "transformer", "Flux2Transformer2DModel", "Flux2KleinPipeline", 4.0, flux2_text_encoder, call=flux2_call,
-                 check=check_flux2, latent_shape=flux2_latent_shape, latent_multiple=lambda vae: 2 * 2 ** (len(vae.config.block_out_channels) - 1),
+                 check=text_width_check("encoder_hidden_states"), latent_shape=flux2_latent_shape, latent_multiple=lambda vae: 2 * 2 ** (len(vae.config.block_out_channels) - 1),
                  decode=flux2_decode, tokens=lambda shape: shape[-2] * shape[-1])

@@ -10,8 +10,7 @@ import torch
 from torch import Tensor
 
 from didr.diffusion.denoiser import FlowDenoiser
-from didr.errors import ConfigError
-from didr.models.backbones.base import Backbone, DiffusersCall, Family, flow_schedule
+from didr.models.backbones.base import Backbone, DiffusersCall, Family, flow_schedule, text_width_check
 from didr.models.backbones.flux import pack, unpack
 from didr.models.decode import vae_dtype
 from didr.models.text import PipelineTextEncoder
@@ -74,12 +73,6 @@ def qwen_decode(vae, z):
     return vae.decode((z[:, :, None] * std + mean).to(vae_dtype(vae)), return_dict=False)[0][:, :, 0]
 
 
-def check_qwen(cfg, name: str, c, row: dict) -> None:
-    width = row["text_tokens"].shape[-1]
-    if c.joint_attention_dim != width:
-        raise ConfigError(f"backbone: the {name} transformer takes text states of width {c.joint_attention_dim}, the text encoder gives {width}")
-
-
 def qwen_call(cfg) -> dict:
     """No CFG (true_cfg_scale 1), the run's text length and size."""
     return {"true_cfg_scale": 1.0, "max_sequence_length": cfg.max_sequence_length, "height": cfg.resolution, "width": cfg.resolution}
@@ -88,6 +81,6 @@ def qwen_call(cfg) -> dict:
 QWEN_FAMILY = Family("qwenimage", lambda net, schedule, prediction_type="flow": QwenImageDenoiser(net, schedule), flow_schedule)
 #: the model card's true_cfg_scale 4, with its token-wise renormalisation
 QWENIMAGE = Backbone("qwenimage", QWEN_FAMILY, "transformer", "QwenImageTransformer2DModel", "QwenImagePipeline", 4.0, qwen_text_encoder,
-                     call=qwen_call, check=check_qwen, latent_shape=qwen_latent_shape,
+                     call=qwen_call, check=text_width_check("text_tokens"), latent_shape=qwen_latent_shape,
                      latent_multiple=lambda vae: 2 * 2 ** len(vae.config.temperal_downsample), decode=qwen_decode,
                      guidance_rescale=lambda cfg: token_norm_rescale, packed_channels=4)
