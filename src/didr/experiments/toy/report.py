@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from didr.eval.calibration import Calibrated, calibration_table
 from didr.eval.frontier import Point, points_table
 from didr.eval.report import Provenance, markdown_table, render
 
@@ -61,7 +62,7 @@ def case_text(config: dict) -> str:
     return f"{data}; reward {toy['reward']}"
 
 
-def render_frontier(report: dict, points: list[Point]) -> str:
+def render_frontier(report: dict, points: list[Point], calibrated: list[Calibrated] | None = None) -> str:
     """``frontier.md``: the setup, the floors, every point and every comparison at equal reward."""
     cfg, floor, exact = report["config"], report["floor"], report["exact"]
     seeds = report["seeds"]
@@ -89,10 +90,23 @@ def render_frontier(report: dict, points: list[Point]) -> str:
                "variation between the fractions of samples nearest each mode and p*'s mode weights; off_data: |median distance "
                "to the nearest mode - exact samples'|, in mode stds (signed in frontier.json: above 0, the samples leave the data). "
                "Mean ± 95% t-interval over seeds.")
+    decision = next((c["decision"] for c in report["comparisons"] if c.get("decision")), "")
     comparisons = "\n".join(["## Comparisons at equal reward (paired by seed)", "",
-                             "error(a) - error(b) along the reward range both frontiers reach, for every seed; negative: a is closer to the optimum.",
-                             "", *(f"- {c['summary']}" for c in report["comparisons"])])
+                             "error(a) - error(b) along the reward range that every seed's two frontiers reach; negative: a is closer to the optimum. "
+                             + decision, "", *(f"- {c['summary']}" for c in report["comparisons"])])
     prov = Provenance(**report["provenance"]) if report.get("provenance") else None
+    if report.get("rerendered"):
+        timing += (f"\nComparisons, calibration and figures re-rendered on {report['rerendered']} from the runs' recorded figures "
+                   "(frontier.json) with the current verdict procedure; the runs are those of the date above.")
     return render("Toy frontiers: reward against error at equal reward", prov,
-                  [setup, timing, floors, metrics, "\n".join(points_table(points, METRICS)), comparisons,
+                  [setup, timing, floors, metrics, "\n".join(points_table(points, METRICS)), calibration_section(calibrated or []), comparisons,
                    "![frontier](frontier.png)\n\n![samples](samples.png)"])
+
+
+def calibration_section(calibrated: list[Calibrated]) -> str:
+    """Each DIDR run's beta' (the exact optimum's with the run's mean reward) against the beta it was given."""
+    if not calibrated:
+        return ""
+    return "\n".join(["## Calibration: the beta each DIDR run was given against the beta' its mean reward implies", "",
+                      "A calibrated run has beta' = beta: its mean reward is the exact optimum's at its own beta (right panel of frontier.png).", "",
+                      calibration_table(calibrated, "p*_beta's mean reward")])
