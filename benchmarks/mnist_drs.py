@@ -12,7 +12,7 @@ Their mean is the reference; their disagreement measures its own noise, which is
 
     error^2 = mean ||est - (A + B) / 2||^2 - mean ||A - B||^2 / 4,  signal^2 = mean ||(A + B) / 2||^2 - mean ||A - B||^2 / 4
 
-and the relative RMSE is error / signal (unbiased for the reference's noise, not for the bias its
+and the relative RMSE is error / signal (corrected for the reference's noise, not for the bias its
 finite steps and self-normalised weights leave: the report shows its weights' effective sample
 size and, with ``--step-check``, the same reference with half the steps). Also per estimator: the
 shrinkage <est, ref> / ||ref||^2 (below 1: the estimate points the right way but is too short) and
@@ -48,15 +48,17 @@ def noise_corrected(est: torch.Tensor, half_a: torch.Tensor, half_b: torch.Tenso
     signal = float((ref**2).sum(1).mean()) - noise
     err = float(((e - ref) ** 2).sum(1).mean()) - noise
     return {"rel_rmse": math.sqrt(max(err, 0.0) / signal) if signal > 0 else math.nan,
-            "shrinkage": float((e * ref).sum() / (ref * ref).sum()),
+            "shrinkage": float((e * ref).sum(1).mean()) / signal if signal > 0 else math.nan,  # <est, truth> / ||truth||^2: the noise is independent of est
             "ref_noise": math.sqrt(noise / signal) if signal > 0 else math.inf}
 
 
 def measure(ref, reward, beta: float, x0: torch.Tensor, cond, times: list[float], ref_samples: int, ref_steps: int, drp_steps=(1, 2, 4),
-            step_check: bool = False, seed: int = 0, log=print) -> dict:
+            mc=((8, 2),), step_check: bool = False, seed: int = 0, log=print) -> dict:
     """Every estimator at every noise level on the same points: noise-corrected relative RMSE,
-    shrinkage and seconds per point against the split-half Monte-Carlo reference."""
+    shrinkage and seconds per point against the split-half Monte-Carlo reference. ``mc``: the
+    (samples, steps) of cheap Monte-Carlo estimators to measure beside DRP."""
     estimators = {f"DRP k={k}": DRPEstimator(reward, beta, k) for k in drp_steps}
+    estimators.update({f"MC {n}x{k}": MonteCarloDRS(reward, beta, n, k, seed=seed + 5) for n, k in mc})
     half = ref_samples // 2
     halves = [MonteCarloDRS(reward, beta, half, ref_steps, seed=seed + 2 + i) for i in range(2)]
     if step_check:
@@ -126,10 +128,11 @@ def main() -> None:
     p.add_argument("--bench-dir", required=True, help="output directory of a `didr bench mnist` run (its stages are reused)")
     p.add_argument("--out", required=True, help="the markdown report; a .json with the same stem is written beside it")
     p.add_argument("--beta", type=float, default=0.25)
-    p.add_argument("--points", type=int, default=12, help="points per noise level")
+    p.add_argument("--points", type=int, default=8, help="points per noise level")
     p.add_argument("--times", default="0.05,0.1,0.2,0.3,0.4,0.6,0.8")
     p.add_argument("--ref-samples", type=int, default=256)
-    p.add_argument("--ref-steps", type=int, default=40)
+    p.add_argument("--ref-steps", type=int, default=100, help="ancestral steps per posterior sample (fewer leave the samples under-dispersed: a DRS too short)")
+    p.add_argument("--mc", default="8x2", help="cheap Monte-Carlo estimators to measure too, SAMPLESxSTEPS, comma-separated ('' for none)")
     p.add_argument("--step-check", action="store_true", help="also the reference with half the steps: are the steps enough?")
     p.add_argument("--generator", help="a finished run's generator.safetensors (OUT/runs/<run>/): x_0 from it instead of the initial generator")
     p.add_argument("--threads", type=int, default=1)
@@ -146,12 +149,12 @@ def main() -> None:
         x0 = generator(z, c)
     t0 = time.perf_counter()
     result = measure(stages.reference, stages.reward, args.beta, x0, c, [float(t) for t in args.times.split(",")], args.ref_samples,
-                     args.ref_steps, step_check=args.step_check)
+                     args.ref_steps, mc=[tuple(int(v) for v in m.split("x")) for m in args.mc.split(",") if m], step_check=args.step_check)
     x0_from = f"the generator of {Path(args.generator).parent.name}" if args.generator else "the initial one-step generator"
     result.update(beta=args.beta, points=args.points, ref_samples=args.ref_samples, ref_steps=args.ref_steps, x0_from=x0_from,
                   seconds=round(time.perf_counter() - t0, 1))
     command = (f"python benchmarks/mnist_drs.py --bench-dir DIR --beta {args.beta:g} --points {args.points} --times {args.times} "
-               f"--ref-samples {args.ref_samples} --ref-steps {args.ref_steps}" + (" --step-check" if args.step_check else "")
+               f"--ref-samples {args.ref_samples} --ref-steps {args.ref_steps} --mc '{args.mc}'" + (" --step-check" if args.step_check else "")
                + (" --generator DIR/runs/" + Path(args.generator).parent.name + "/generator.safetensors" if args.generator else "") + f" --out {args.out}")
     prov = Provenance.here(command, f"the stages of `didr bench mnist`, {args.threads} torch thread(s); other jobs shared the cores")
     result["provenance"] = prov.to_dict()
