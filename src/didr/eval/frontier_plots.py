@@ -103,6 +103,12 @@ def plot_calibration(ax, calibration: dict[str, list[tuple[float, list[float]]]]
         ax.plot([lo / 1.5, hi * 1.5], [lo / 1.5, hi * 1.5], "k--", lw=0.8, label="beta' = beta")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        given = sorted({b for settings in calibration.values() for b, _ in settings if math.isfinite(b)})
+        from matplotlib import ticker
+        for axis in (ax.xaxis, ax.yaxis):  # the given betas as ticks, plain numbers, no crowded minor labels
+            axis.set_major_locator(ticker.FixedLocator(given))
+            axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            axis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("beta given", fontsize=8)
     ax.set_ylabel("beta' implied by the mean reward\n(dots: seeds; bar: geometric mean)", fontsize=7)
     ax.set_title("calibration", fontsize=8)
