@@ -46,7 +46,36 @@ def render_report(report: dict) -> str:
     rows = [[name, *(_cell(res[name][k]) for k, _ in FIGURES), res[name].get("train_seconds", "")] for name in [*ROWS, *report["methods"]]]
     table = markdown_table(["row", *(h for _, h in FIGURES), "seconds"], rows)
     prov = Provenance(**report["provenance"]) if report.get("provenance") else None
-    return render("Toy experiment", prov, [setup, optimum, table, "![samples](densities.png)"])
+    calibration = "\n".join(f"- {line[0].upper()}{line[1:]}" for line in calibration_lines(report))
+    return render("Toy experiment", prov, [setup, optimum, table, calibration, "![samples](densities.png)"])
+
+
+#: a DIDR run lands on its beta when its mean reward is within this fraction of p*_beta's
+CALIBRATION_TOLERANCE = 0.02
+
+
+def calibration_lines(report: dict) -> list[str]:
+    """For each DIDR method of a ``didr toy`` run: the beta' its mean reward implies against the
+    beta it was given, and whether its mean reward is within 2% of p*_beta's."""
+    res, beta = report["results"], report["config"]["method"]["beta"]
+    target = res["pstar"]["exact"]["mean_reward"]
+    lines = []
+    for name in report["methods"]:
+        if name.split(":")[0] != "didr":
+            continue
+        r = res[name]
+        gap = r["mean_reward"] / target - 1
+        lines.append(f"calibration: {name} at beta {beta:g} lands at beta' {r['beta_equal']:.3g}; its mean reward {r['mean_reward']:.3f} is "
+                     f"{100 * gap:+.1f}% from p*_beta's {target:.3f} ({'within' if abs(gap) <= CALIBRATION_TOLERANCE else 'not within'} "
+                     f"{100 * CALIBRATION_TOLERANCE:g}%).")
+    if lines and report["config"]["train"]["steps"] <= BUDGET_NOTE["steps"]:
+        lines.append(BUDGET_NOTE["text"])
+    return lines
+
+
+#: what one seed at the fast preset's budget can show (benchmarks/results/toy_calibration.md)
+BUDGET_NOTE = {"steps": 600, "text": "One seed at this budget (600 generator steps) lands a few percent either side of p*_beta's reward: "
+               "benchmarks/results/toy_calibration.md records, over 3 seeds, the budget that lands every seed within 2%."}
 
 
 def case_text(config: dict) -> str:
