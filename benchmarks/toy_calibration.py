@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--tolerance", type=float, default=0.02)
     p.add_argument("--runs", default="runs/toy-calibration")
     p.add_argument("--out", default=str(RESULTS / "toy_calibration.md"))
+    p.add_argument("--append", action="store_true", help="add this invocation's table to --out as a further section (with its own command)")
     args = p.parse_args()
     torch.set_num_threads(1)
     variants = dict(VARIANTS)
@@ -91,7 +92,8 @@ def main() -> None:
     optimum = exact_optimum(cfg.toy.mixture(), parse_toy_reward(cfg.toy.reward))
     command = "python benchmarks/toy_calibration.py" + "".join(f" --variant {shlex.quote(n + '=' + ','.join(o))}" for n, o in variants.items()) \
         if args.variant else "python benchmarks/toy_calibration.py"
-    prov = Provenance.here(command + f" --seeds {args.seeds}", "one torch thread; other jobs shared the 2 cores, so the seconds are upper bounds")
+    prov = Provenance.here(command + f" --seeds {args.seeds}" + (" --append" if args.append else ""),
+                           "one torch thread; other jobs shared the 2 cores, so the seconds are upper bounds")
     text = render("Does the default toy land on its own beta?", prov, [
         f"DIDR alone on `didr toy`'s default (two modes at ±2, std 0.5, reward {cfg.toy.reward}, beta {cfg.method.beta:g}, DRP k = "
         f"{cfg.method.drp_steps} on t <= {cfg.method.t_max:g}), fast preset with the overrides shown, seeds {', '.join(map(str, seeds))}. "
@@ -100,7 +102,10 @@ def main() -> None:
         f"{100 * args.tolerance:g}%. Seconds: the alignment alone, per run.",
         markdown_table(["variant", "overrides", "gap per seed", "mean gap", "beta' per seed", "W1 per seed", "seconds per run", "every seed within 2%"], table),
         f"Time: {time.perf_counter() - t0:.0f} s."])
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    if args.append and out.is_file():
+        text = out.read_text().rstrip() + "\n\n## Further variants\n\n" + text.split("\n", 2)[2]  # this invocation's provenance and table
+    out.write_text(text)
     print(text)
 
 

@@ -105,8 +105,9 @@ def plot_calibration(ax, calibration: dict[str, list[tuple[float, list[float]]]]
         ax.set_yscale("log")
         given = sorted({b for settings in calibration.values() for b, _ in settings if math.isfinite(b)})
         from matplotlib import ticker
-        for axis in (ax.xaxis, ax.yaxis):  # the given betas as ticks, plain numbers, no crowded minor labels
-            axis.set_major_locator(ticker.FixedLocator(given))
+        ax.xaxis.set_major_locator(ticker.FixedLocator(given))  # the given betas as ticks
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers, no crowded minor labels
             axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
             axis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("beta given", fontsize=8)

@@ -9,7 +9,7 @@ import torch
 
 from didr.eval import image_metrics as im
 from didr.experiments.digits.calibration import Calibration, calibrated, tilted_mean
-from didr.experiments.digits.floor import OptimumFloor, add_floor, pps_draw, weighted_precision
+from didr.experiments.digits.floor import OptimumFloor, add_floor, pps_draw, weighted_precision_recall
 
 
 class Identity:
@@ -46,13 +46,13 @@ def test_pps_draw_has_the_expected_size_no_repeats_and_unbiased_weighted_means()
     assert sum(means) / len(means) == pytest.approx(target, abs=0.01)
 
 
-def test_weighted_precision_is_the_plain_one_under_equal_weights():
+def test_weighted_precision_and_recall_are_the_plain_ones_under_equal_weights():
     g = torch.Generator().manual_seed(1)
     real, fake = torch.randn(300, 3, generator=g), torch.randn(200, 3, generator=g) * 1.5
-    assert weighted_precision(real, fake, torch.ones(200)) == pytest.approx(im.knn_precision_recall(real, fake)[0])
+    assert weighted_precision_recall(real, fake, torch.ones(200)) == pytest.approx(im.knn_precision_recall(real, fake))
     # all the weight on samples far outside the real set: precision 0
     far = torch.cat([fake, torch.full((5, 3), 50.0)])
-    assert weighted_precision(real, far, torch.cat([torch.zeros(200), torch.ones(5)])) == 0.0
+    assert weighted_precision_recall(real, far, torch.cat([torch.zeros(200), torch.ones(5)]))[0] == 0.0
 
 
 def test_the_floor_is_the_sampling_floor_at_the_datas_reward_and_grows_with_the_tilt():

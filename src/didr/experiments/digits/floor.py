@@ -36,13 +36,22 @@ from didr.rewards.base import call_reward
 FLOOR_KEYS = ("opt_beta_train", "opt_fid_real", "opt_precision", "opt_recall", "opt_size", "floor_fid_raw", "floor_bias", "floor_fid")
 
 
-def weighted_precision(real: Tensor, fake: Tensor, weights: Tensor, k: int = 3) -> float:
-    """k-NN precision (:func:`didr.eval.image_metrics.knn_precision_recall`) with a weight per fake sample."""
+def knn_radii(x: Tensor, k: int = 3) -> Tensor:
+    """Each point's distance to its k-th nearest other point (the k-NN manifold's ball radii)."""
+    return torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # k + 1: the point itself is its own nearest
+
+
+def weighted_precision_recall(real: Tensor, fake: Tensor, weights: Tensor, real_radii: Tensor | None = None, k: int = 3) -> tuple[float, float]:
+    """k-NN precision and recall (:func:`didr.eval.image_metrics.knn_precision_recall`) with a
+    weight per fake sample in the precision (the fake set's mass inside the real manifold); the
+    recall is the fraction of real samples inside the fake set's manifold. ``real_radii``: the real
+    set's radii, when computed once for many fake sets."""
     real, fake = real.double(), fake.double()
-    radii = torch.cdist(real, real).kthvalue(k + 1, dim=1).values
-    inside = (torch.cdist(fake, real) <= radii[None]).any(1).double()
+    radii = knn_radii(real, k) if real_radii is None else real_radii
+    d = torch.cdist(fake, real)
+    inside = (d <= radii[None]).any(1).double()
     w = weights.double() / weights.sum()
-    return float((w * inside).sum())
+    return float((w * inside).sum()), float((d.T <= knn_radii(fake, k)[None]).any(1).double().mean())
 
 
 def pps_draw(weights: Tensor, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -75,6 +84,7 @@ class OptimumFloor:
         with torch.no_grad():
             self.train_rewards = torch.cat([call_reward(stages.reward, x, y) for x, y in zip(train.split(500), self.train_labels.split(500))])
         self.n = stages.cfg.eval_samples
+        self.held_radii = knn_radii(self.held_feats.double())
         self._cache: dict[float, dict[str, float]] = {}
 
     def __call__(self, reward: float) -> dict[str, float]:
@@ -95,8 +105,9 @@ class OptimumFloor:
             idx, ht = pps_draw(weights, self.n, gen)
             feats = self.train_feats[idx]
             fids.append(im.frechet_distance(self.held_feats, feats, ht))
-            precisions.append(weighted_precision(self.held_feats, feats, ht))
-            recalls.append(im.knn_precision_recall(self.held_feats, feats)[1])
+            precision, recall = weighted_precision_recall(self.held_feats, feats, ht, self.held_radii)
+            precisions.append(precision)
+            recalls.append(recall)
             sizes.append(len(idx))
         return {"opt_beta_train": beta, "opt_fid_real": float(np.mean(fids)), "opt_precision": float(np.mean(precisions)),
                 "opt_recall": float(np.mean(recalls)), "opt_size": float(np.mean(sizes))}
