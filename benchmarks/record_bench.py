@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -47,9 +48,14 @@ def same_figures(a: dict, b: dict) -> bool:
         return False
     for r in b["rows"]:
         other = first[r["label"], r["seed"]]
-        if any(r[k] != other[k] for k in r.keys() & other.keys() if k not in IGNORED):
+        if any(not _same(r[k], other[k]) for k in r.keys() & other.keys() if k not in IGNORED):
             return False
     return True
+
+
+def _same(a, b) -> bool:
+    """Equal, NaN equal to NaN (an undefined figure, such as FID p* below the data's reward)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def ablation_section(result: dict, name: str) -> str:

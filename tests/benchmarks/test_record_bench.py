@@ -98,6 +98,8 @@ def test_a_run_with_more_settings_and_figures_is_compared_on_what_both_have(reco
     a = _result(1400.0)
     more = {**a, "rows": [{**r, "opt_fid_real": 1.0} for r in a["rows"]] + _rows("DIDR k=2", "b=0.25", [0.7, 0.7, 0.7], [9.0, 9.0, 9.0])}
     assert record_bench.same_figures(more, a)
+    undefined = {**a, "rows": [{**r, "fid_opt": float("nan")} for r in a["rows"]]}
+    assert record_bench.same_figures(undefined, json.loads(json.dumps(undefined)))  # NaN, as metrics.json reads it back, is the same figure
     assert not record_bench.same_figures(more, _result(1400.0, shift=0.01))
 
 
