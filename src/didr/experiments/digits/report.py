@@ -88,7 +88,7 @@ def claims(rows: list[dict], points, comparisons) -> dict:
         beats.append({"setting": p.setting, "reward": r, "reward_half": rh, "fid_real": f, "fid_half": fh,
                       "holds": r - rh > teacher["reward"] and f + fh <= FID_RATIO * teacher["fid_real"]})
     ahead = {f"{c.b}:{c.metric}": {"ranges": c.ranges(), "summary": c.summary(), "verdict": overall_verdict(c), "sentence": verdict_sentence(c)}
-             for c in comparisons}
+             for c in comparisons if c.a == "DIDR"}  # the claims are DIDR's own; its variants are reported beside them
     di_rows = [r for r in rows if r["family"] == "DI"]
     di = None
     if di_rows:
@@ -130,7 +130,7 @@ def verdict_sentence(c) -> str:
             parts.append(f"level {span}")
             continue
         best = max((r for r in c.rows if lo <= r.reward <= hi), key=lambda r: abs(r.diff))
-        parts.append(f"{names[verdict]} ahead {span} (lower by up to {abs(best.diff):.3g} ± {best.half_width:.2g})")
+        parts.append(f"{names[verdict]} ahead {span} (lower by up to {abs(best.diff):.3g} ± {best.half_width_at(c.read_level()):.2g})")
     return "; ".join(parts)
 
 
