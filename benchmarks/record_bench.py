@@ -8,8 +8,10 @@
     python benchmarks/record_bench.py --name mnist --run "from scratch=runs/mnist" \\
         --run "cached stages=runs/mnist-cached" --run "smoke test, from scratch=runs/mnist-fast" --out benchmarks/results
 
-The first ``--run`` is the one reported; each later run of the same command (same dataset, same
-``--fast``) is checked to have reproduced its figures, and the time table says whether it did.
+The first ``--run`` is the one reported; each later run of the same benchmark (same dataset, same
+``--fast``) is checked to have reproduced its figures on the runs both scored, and the time table
+says whether it did. ``--section FILE`` includes another recorded result (e.g. results/mnist_drs.md);
+``--keep-section TITLE`` carries a section of the existing record over unchanged.
 Writes ``OUT/NAME.md``, ``OUT/NAME_frontiers.png`` and ``OUT/NAME_samples.png``.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -27,7 +30,7 @@ RELATED = {
     "mnist": [
         ("mnist_ablation.md", "what the loop alone costs in fidelity (`didr bench mnist --ablation`)"),
         ("mnist_init.md", "the initialisation's variants, each followed by DI (`benchmarks/mnist_init.py`)"),
-        ("mnist_drs.md", "Monte-Carlo DRS against DRP on the same points (`benchmarks/mnist_drs.py`)"),
+        ("mnist_drs.md", "the DRS estimators against a many-sample Monte-Carlo reference per noise level (`benchmarks/mnist_drs.py`)"),
         ("mnist_teacher.md", "what limits the teacher (`benchmarks/mnist_teacher.py`)"),
     ],
 }
@@ -35,9 +38,24 @@ IGNORED = {"seconds"}  # what may differ between two runs of the same command
 
 
 def same_figures(a: dict, b: dict) -> bool:
-    """Whether two runs of one command produced the same figures (times aside)."""
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in IGNORED} for r in rows]  # noqa: E731
-    return a["dataset"] == b["dataset"] and a["fast"] == b["fast"] and strip(a["rows"]) == strip(b["rows"])
+    """Whether two runs of one benchmark produced the same figures (times aside) on every run both
+    scored: a run with more settings (``--strong-end``) or more figures per row (a later version's)
+    is compared on what the two have in common."""
+    if a["dataset"] != b["dataset"] or a["fast"] != b["fast"]:
+        return False
+    first = {(r["label"], r["seed"]): r for r in a["rows"]}
+    if not all((r["label"], r["seed"]) in first for r in b["rows"]):
+        return False
+    for r in b["rows"]:
+        other = first[r["label"], r["seed"]]
+        if any(not _same(r[k], other[k]) for k in r.keys() & other.keys() if k not in IGNORED):
+            return False
+    return True
+
+
+def _same(a, b) -> bool:
+    """Equal, NaN equal to NaN (an undefined figure, such as FID p* below the data's reward)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def ablation_section(result: dict, name: str) -> str:
@@ -53,11 +71,29 @@ def ablation_section(result: dict, name: str) -> str:
         *ablation_summary(result), ""])
 
 
+def included_section(path: Path) -> str:
+    """A recorded markdown result as a section: its title one level down, its body as is."""
+    title, _, body = path.read_text().partition("\n")
+    return f"\n#{title}\n{body.rstrip()}\n\nRecorded as [{path.name}]({path.name}).\n"
+
+
+def kept_section(path: Path, title: str) -> str:
+    """The ``## title`` section of an earlier record, unchanged (its own provenance lines inside)."""
+    text = path.read_text()
+    start = text.find(f"\n## {title}")
+    if start < 0:
+        raise SystemExit(f"{path} has no section '## {title}'")
+    end = text.find("\n## ", start + 1)
+    return text[start: end if end >= 0 else len(text)].rstrip() + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="the results' name, e.g. mnist: writes NAME.md and NAME_*.png")
     p.add_argument("--run", action="append", required=True, metavar="WHAT=DIR", help="a run's description and its --out directory; the first is reported")
     p.add_argument("--ablation", metavar="DIR", help="the --out directory of a `didr bench NAME --ablation` run: its variant table goes into the report")
+    p.add_argument("--section", action="append", metavar="FILE", help="a recorded markdown result (e.g. results/mnist_drs.md) to include as a section")
+    p.add_argument("--keep-section", action="append", metavar="TITLE", help="a '## TITLE' section of the existing OUT/NAME.md to carry over unchanged")
     p.add_argument("--out", required=True, help="the results directory")
     args = p.parse_args()
     runs = []
@@ -71,7 +107,11 @@ def main() -> None:
             what += f" (figures {'identical to' if same_figures(first, result) else 'DIFFERENT from'} the first run's)"
         timings.append((what, result))
     out = Path(args.out)
+    kept = [kept_section(out / f"{args.name}.md", title) for title in args.keep_section or []]  # read before the file is rewritten
     text = render_report(first, figures=f"{args.name}_", timings=timings)
+    for section in args.section or []:
+        text += included_section(Path(section))
+    text += "".join(f"\n{k.lstrip()}" for k in kept)
     if args.ablation:
         text += ablation_section(json.loads((Path(args.ablation) / "ablation.json").read_text()), args.name)
     if args.name in RELATED:

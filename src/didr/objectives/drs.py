@@ -38,6 +38,7 @@ def require_finite(x: Tensor, what: str, t: Tensor) -> Tensor:
 class DRSEstimate:
     drs: Tensor
     x0_ref: Tensor | None = None
+    ess: Tensor | None = None  # Monte Carlo: the effective sample size of each x_t's weights, 1 / sum w^2
 
 
 class DRSEstimator:
@@ -111,7 +112,7 @@ class MonteCarloDRS(DRSEstimator):
     def __call__(self, ref, x_t, t, cond=None):
         b, n = x_t.shape[0], self.samples
         per_chunk = max(1, self.chunk // n)
-        out = []
+        out, ess = [], []
         for lo in range(0, b, per_chunk):
             xs, ts = x_t[lo : lo + per_chunk], t[lo : lo + per_chunk]
             m = xs.shape[0]
@@ -122,11 +123,12 @@ class MonteCarloDRS(DRSEstimator):
             require_finite(x0, "the reference's posterior samples in the Monte-Carlo DRS estimator", t_rep)
             logw = (call_reward(self.reward, x0, c_rep) / self.beta).reshape(n, m)
             w = torch.softmax(logw, dim=0)
+            ess.append(1.0 / (w.double() ** 2).sum(0))
             x0 = x0.reshape(n, m, *xs.shape[1:])
             diff = (broadcast_to(w, x0) * x0).sum(0) - x0.mean(0)
             a, s = broadcast_to(ref.schedule.alpha(ts), xs), broadcast_to(ref.schedule.sigma(ts), xs)
             out.append(a / s**2 * diff)
-        return DRSEstimate(torch.cat(out))
+        return DRSEstimate(torch.cat(out), ess=torch.cat(ess))
 
 
 def _repeat_cond(cond, lo, m, n):

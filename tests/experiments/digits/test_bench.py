@@ -57,6 +57,13 @@ def test_fast_bench_writes_the_report_table_figures_and_claims(fast_bench):
     # the Monte-Carlo DRS estimator runs too, and no pairing of alpha with 1 / beta is left
     assert any("MC" in label for label in labels)
     assert "matched" not in report.lower()
+    # the floor under FID real at each run's reward, its excess, and DIDR's calibration
+    assert "## Fidelity at equal reward: the optimum's floor" in report and "## Calibration: the beta each DIDR run" in report
+    scored = [r for r in metrics["rows"] if r["family"] != "real"]
+    assert all(r["excess_fid"] == pytest.approx(r["fid_real"] - r["opt_fid_real"]) for r in scored if r["opt_fid_real"] == r["opt_fid_real"])
+    assert all("beta_teacher" in r for r in scored if r["family"].startswith("DIDR")) and not any("beta_teacher" in r for r in scored if r["family"] == "DI++")
+    assert set(metrics["calibration_targets"]["teacher"]) == {"1", "0.5"} and len(metrics["floor_curve"]["reward"]) == 25
+    assert "Benjamini-Hochberg at 5%" in report
 
 
 def test_worker_processes_change_no_figure(fast_bench, tmp_path):

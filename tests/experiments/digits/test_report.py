@@ -100,3 +100,10 @@ def test_report_regenerates_from_recorded_rows():
     assert "4. **DI alone (no reward) keeps the teacher's fidelity" in text and "recall 0.5 ± 0 against 0.600 (outside)" in text
     _, comparisons, cl = analyse(rows)
     assert len(comparisons) == 3 and not math.isnan(cl["teacher_fid_real"])
+
+
+def test_claims_are_didrs_own_when_variants_are_compared_too():
+    rows = _crossing_rows() + _rows("DIDR k=2", "b=1", [0.60, 0.60, 0.60], [30.0, 30.1, 29.9]) + _rows("DIDR k=2", "b=0.5", [0.90, 0.90, 0.90], [40.0, 40.1, 39.9])
+    points, comparisons, cl = analyse(rows)
+    assert ("DIDR k=2", "DI++") in {(c.a, c.b) for c in comparisons}
+    assert cl["ahead"]["DI++:fid_real"]["verdict"] == "mixed"  # DIDR's own comparison, not the variant's (behind everywhere)

@@ -34,12 +34,15 @@ import torch
 from didr import config as cfgio
 from didr.data.digits import stroke_style
 from didr.diffusion.denoiser import GuidedDenoiser
-from didr.eval.frontier import plot_frontiers
+from didr.eval.calibration import calibration_series
+from didr.eval.frontier_plots import plot_comparisons
 from didr.eval.plots import save_grid
 from didr.experiments.config import RunConfig
+from didr.experiments.digits.calibration import Calibration, calibrated, given_betas
 from didr.experiments.digits.evaluate import EVAL_SEED, Evaluator
+from didr.experiments.digits.floor import OptimumFloor, add_floor
 from didr.experiments.digits.presets import DI_SEEDS, SEEDS, preset_data
-from didr.experiments.digits.report import METRICS, analyse, reference_points, render_report, sample_figure, write_ablation
+from didr.experiments.digits.report import METRIC_NAMES, METRICS, analyse, reference_points, render_report, sample_figure, write_ablation
 from didr.experiments.digits.stages import align, generate, prepare_stages, teacher_sample
 from didr.experiments.stages import cached_timed
 from didr.experiments.sweep import STRENGTH_GRIDS, RunPool, Setting
@@ -62,6 +65,22 @@ def sweep(fast: bool, base: MethodConfig) -> list[Setting]:
             + [Setting("ReFL", f"reg={r:g}", m(name="refl", refl_reg=r)) for r in g["refl"]]
             + [Setting("DIDR MC", f"b={mc_beta:g}", m(name="didr", beta=mc_beta, drs="mc", mc_samples=8, mc_sampler_steps=2),
                        cost=2.5)])  # measured: 81 s a run against DI's 31
+
+
+#: the strong end rerun (``--strong-end``), beside the present runs: DIDR where benchmarks/results/mnist_drs.md
+#: finds DRP least wrong. Above t = 0.4 its relative error reaches 1; below, k = 2 shrinks the DRS less
+#: than k = 1 at t = 0.2-0.3 for 1.4x its cost (k = 4: no better, 2.4x). No DRP setting is within 30% there.
+#: The second variant keeps every noise level, to separate the estimator from the time range; it lands
+#: on its beta (beta' / beta 0.9 at beta 0.25, where k = 1 reaches 3.8), so its grid is the betas whose
+#: tilted teacher spans the baselines' rewards.
+STRONG_END = [{"family": "DIDR k=2 t<0.4", "fields": {"drp_steps": 2, "t_max": 0.4}, "betas": [0.25, 0.125]},
+              {"family": "DIDR k=2", "fields": {"drp_steps": 2}, "betas": [2.0, 1.0, 0.5, 0.25]}]
+
+
+def strong_end_settings(base: MethodConfig) -> list[Setting]:
+    """DIDR with each strong end variant's estimator and time range at each of its betas."""
+    return [Setting(v["family"], f"b={b:g}", replace(base, name="didr", beta=b, **v["fields"]), cost=1.5)
+            for v in STRONG_END for b in v["betas"]]
 
 
 def ablation_settings(base: MethodConfig) -> list[Setting]:
@@ -195,6 +214,8 @@ class Bench:
         images, seconds = cached_timed(self.out / "stages" / "teacher_eval.safetensors", key,
                                        lambda: self.samples(lambda z, c: teacher_sample(s.reference, z, c, d.teacher_steps)))
         self.record(f"teacher {d.teacher_steps} steps", "teacher", "", None, (2 if d.cfg_scale != 1 else 1) * d.teacher_steps, images, seconds)
+        self.teacher_rewards = self.evaluate.rewards(images["seen"], self.c)["reward"]  # per sample, for calibration
+        self.teacher_labels = s.prompts.digits(self.c)
         self.record("initial 1 step", "initial", "", None, 1, lambda z, c: generate(s.generator, z, c), 0.0)
 
     def evaluate_run(self, setting: Setting, seed: int) -> dict:
@@ -227,26 +248,52 @@ class Bench:
 
 
 def bench(dataset: str, out: Path, fast: bool = False, overrides: list[str] | None = None, seeds: int | None = None, log=print,
-          di_seeds: int | None = None, jobs: int = 1) -> dict:
+          di_seeds: int | None = None, jobs: int = 1, strong_end: bool = False) -> dict:
     """Run the comparison and write metrics.json, frontiers.png, samples.png, grids/ and report.md
     under ``out``. ``seeds``: per setting; ``di_seeds``: for DI (at least ``seeds``); ``jobs``:
-    processes that train the runs."""
+    processes that train the runs; ``strong_end``: also the strong end rerun (:data:`STRONG_END`)."""
     b = Bench(dataset, out, fast, overrides, log, jobs)
     kind = "fast" if fast else "full"
     seeds = list(range(seeds or SEEDS[kind]))
     di = list(range(max(di_seeds or DI_SEEDS[kind], len(seeds))))
-    b.run_all([(s, seed) for s in sweep(fast, b.cfg.method) for seed in (di if s.family == "DI" else seeds)])
+    settings = sweep(fast, b.cfg.method) + (strong_end_settings(b.cfg.method) if strong_end else [])
+    b.run_all([(s, seed) for s in settings for seed in (di if s.family == "DI" else seeds)])
+    extras = measure_floor_and_calibration(b)
     points, comparisons, found = analyse(b.rows)
     total = time.perf_counter() - b.t0
-    plot_frontiers(points, list(METRICS), out / "frontiers.png", title=f"didr bench {dataset}: reward against error, {len(seeds)} seeds", log_y=True,
-                   references=reference_points(b.rows))
     sample_figure(b.grids, out / "samples.png")
-    result = {**b.header(), "seeds": seeds, "di_seeds": di, "seconds": {"stages": round(b.t_stages, 1), "total": round(total, 1)}, "rows": b.rows,
-              "comparisons": [{"a": c.a, "b": c.b, "metric": c.metric, "summary": c.summary(), "ranges": c.ranges()} for c in comparisons],
+    result = {**b.header(), "strong_end": strong_end, "seeds": seeds, "di_seeds": di, "seconds": {"stages": round(b.t_stages, 1), "total": round(total, 1)}, "rows": b.rows,
+              **extras, "comparisons": [{"a": c.a, "b": c.b, "metric": c.metric, "summary": c.summary(), "ranges": c.ranges()} for c in comparisons],
               "claims": found}
+    frontier_figure(result, points, comparisons, out / "frontiers.png")
     atomic_write_text(json.dumps(result, indent=2), out / "metrics.json")
     atomic_write_text(render_report(result), out / "report.md")
     return result
+
+
+def measure_floor_and_calibration(b: Bench) -> dict:
+    """Add to every scored row the floor under FID real at its reward and its excess
+    (:mod:`didr.experiments.digits.floor`), and to DIDR's rows the beta' on the teacher's samples
+    (:mod:`didr.experiments.digits.calibration`); returns the floor along the reward range and the
+    tilted rewards at each given beta."""
+    b.log("floor under FID real at each run's reward, and calibration")
+    floor = OptimumFloor(b.stages, b.evaluate.real_feats, b.evaluate.real_rewards)
+    add_floor(b.rows, floor)
+    calibration = Calibration(b.teacher_rewards, b.teacher_labels, b.evaluate.real_rewards, b.stages.data.test_y)
+    calibration.add(b.rows)
+    rewards = [r["reward"] for r in b.rows if r["family"] not in ("real",)]
+    grid = torch.linspace(min(rewards), max(rewards), 25).tolist()
+    curve = {"reward": grid, **{k: [floor(r)[k] for r in grid] for k in ("opt_fid_real", "floor_fid", "opt_recall", "opt_precision")}}
+    return {"floor_curve": curve, "calibration_targets": calibration.targets(given_betas(b.rows))}
+
+
+def frontier_figure(result: dict, points, comparisons, path: Path) -> None:
+    """Every method, each comparison at its own scale with the optimum's FID real as a floor, and calibration."""
+    curve = result.get("floor_curve")
+    curves = {"fid_real": (curve["reward"], curve["opt_fid_real"], "the optimum of equal reward")} if curve else None
+    plot_comparisons(points, comparisons, list(METRICS), path, title=f"didr bench {result['dataset']}: reward against error, "
+                     f"{len(result['seeds'])} seeds", log_y=True, references=reference_points(result["rows"]), labels=METRIC_NAMES,
+                     calibration=calibration_series(calibrated(result)), curves=curves)
 
 
 def ablation(dataset: str, out: Path, overrides: list[str] | None = None, seeds: int = 2, log=print, variants: list[Setting] | None = None,

@@ -35,12 +35,18 @@ class Evaluator:
             self.real_rewards = torch.cat([call_reward(stages.reward, xx, yy) for xx, yy in zip(real.split(500), labels.split(500))])
 
     @torch.no_grad()
+    def rewards(self, images: Tensor, cond: Any) -> dict[str, Tensor]:
+        """Per sample: the reward and its two terms (the images clamped to [-1, 1] first)."""
+        s, x = self.s, images.clamp(-1, 1)
+        chunks = list(zip(x.split(500), split_cond(cond, 500)))
+        rewards = {name: torch.cat([call_reward(fn, xx, cc) for xx, cc in chunks]) for name, fn in (("preference", s.preference), ("prompt_logp", s.reward.prompt))}
+        return {"reward": s.reward.combine(rewards["preference"], rewards["prompt_logp"]), **rewards}  # its parts, not a second pass
+
+    @torch.no_grad()
     def __call__(self, images: Tensor, cond: Any) -> dict[str, float]:
         s, x = self.s, images.clamp(-1, 1)
         labels = s.prompts.digits(cond)
-        chunks = list(zip(x.split(500), split_cond(cond, 500)))
-        rewards = {name: torch.cat([call_reward(fn, xx, cc) for xx, cc in chunks]) for name, fn in (("preference", s.preference), ("prompt_logp", s.reward.prompt))}
-        rewards = {"reward": s.reward.combine(rewards["preference"], rewards["prompt_logp"]), **rewards}  # its parts, not a second pass
+        rewards = self.rewards(x, cond)
         feats = im.features(s.eval_classifier, x)
         precision, recall = im.knn_precision_recall(self.real_feats, feats)
         gold = float(s.gold(x).mean())

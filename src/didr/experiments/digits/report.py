@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from didr.eval.frontier import Point, compare_at_equal_reward, mean_interval, points_table
+from didr.eval.frontier import PROCEDURE, Point, compare_family, mean_interval, points_table
 from didr.eval.plots import tile
 from didr.eval.report import Provenance, render
+from didr.experiments.digits.sections import calibration_section, floor_section
 from didr.files import atomic_write_text
 
 FAMILIES = ("DI", "DIDR", "DI++", "DMD+r", "ReFL", "DIDR MC")
@@ -35,7 +36,7 @@ def frontier_points(rows: list[dict]):
         if r["family"] == "DI":  # the zero-strength end of two frontiers: beta = inf, alpha = 0 are DI exactly
             groups.setdefault(("DIDR", "b=inf"), []).append(r)
             groups.setdefault(("DI++", "a=0"), []).append(r)
-        elif r["family"] in FAMILIES:
+        elif r["family"] in FAMILIES or r["family"].startswith("DIDR "):  # and DIDR's variants (the strong end rerun)
             groups.setdefault((r["family"], r["setting"]), []).append(r)
     kept = (*METRICS, "precision", "recall", "prompt_accuracy_seen", "prompt_accuracy_unseen")
     return [Point(fam, setting or "-", [r["reward"] for r in rs], {m: [r[m] for r in rs] for m in kept if m in rs[0]}, [r["seed"] for r in rs])
@@ -47,11 +48,20 @@ def reference_points(rows: list[dict]) -> dict[str, dict[str, float]]:
     return {r["label"]: {k: r[k] for k in ("reward", *METRICS)} for r in rows if r["family"] in ("teacher", "initial")}
 
 
+def compared_pairs(points) -> list[tuple[str, str]]:
+    """DIDR against every other method; each further DIDR variant (a family 'DIDR <what>' other
+    than Monte Carlo, e.g. the strong end rerun) against DI++, DMD+r and DIDR itself."""
+    families = list(dict.fromkeys(p.method for p in points))
+    pairs = [("DIDR", other) for other in COMPARED if other in families]
+    variants = [f for f in families if f.startswith("DIDR ") and f != "DIDR MC"]
+    return pairs + [(v, other) for v in variants for other in ("DI++", "DMD+r", "DIDR") if other in families]
+
+
 def analyse(rows: list[dict]):
-    """Frontier points, DIDR against every other method at equal reward, and the claims."""
+    """Frontier points, DIDR against every other method at equal reward (verdicts declared over
+    all comparisons together, :data:`didr.eval.frontier.PROCEDURE`), and the claims."""
     points = frontier_points(rows)
-    comparisons = [compare_at_equal_reward(points, "DIDR", other, m) for other in COMPARED for m in METRICS
-                   if any(p.method == other for p in points)]
+    comparisons = compare_family(points, compared_pairs(points), list(METRICS), procedure=PROCEDURE)
     return points, comparisons, claims(rows, points, comparisons)
 
 
@@ -64,8 +74,8 @@ def claims(rows: list[dict], points, comparisons) -> dict:
     1. does a DIDR setting beat the teacher on reward (its reward interval above the teacher's
        reward) with FID to held-out images within 10% of the teacher's (the interval's upper end
        at most 1.1 x the teacher's)?
-    2. at equal reward, is DIDR ahead of DI++ and of ReFL (lower error, the seeds' 95% interval of
-       the paired difference excluding 0)? Answered per metric and reward range.
+    2. at equal reward, is DIDR ahead of DI++ and of ReFL (lower error, declared under the
+       comparisons' corrected procedure)? Answered per metric and reward range.
     3. does DI alone keep the teacher's fidelity: FID real's interval below 1.1 x the teacher's,
        precision's and recall's intervals within 0.03 of the teacher's?"""
     teacher = next(r for r in rows if r["family"] == "teacher")
@@ -78,7 +88,7 @@ def claims(rows: list[dict], points, comparisons) -> dict:
         beats.append({"setting": p.setting, "reward": r, "reward_half": rh, "fid_real": f, "fid_half": fh,
                       "holds": r - rh > teacher["reward"] and f + fh <= FID_RATIO * teacher["fid_real"]})
     ahead = {f"{c.b}:{c.metric}": {"ranges": c.ranges(), "summary": c.summary(), "verdict": overall_verdict(c), "sentence": verdict_sentence(c)}
-             for c in comparisons}
+             for c in comparisons if c.a == "DIDR"}  # the claims are DIDR's own; its variants are reported beside them
     di_rows = [r for r in rows if r["family"] == "DI"]
     di = None
     if di_rows:
@@ -120,7 +130,7 @@ def verdict_sentence(c) -> str:
             parts.append(f"level {span}")
             continue
         best = max((r for r in c.rows if lo <= r.reward <= hi), key=lambda r: abs(r.diff))
-        parts.append(f"{names[verdict]} ahead {span} (lower by up to {abs(best.diff):.3g} ± {best.half_width:.2g})")
+        parts.append(f"{names[verdict]} ahead {span} (lower by up to {abs(best.diff):.3g} ± {best.half_width_at(c.read_level()):.2g})")
     return "; ".join(parts)
 
 
@@ -268,9 +278,9 @@ def render_report(result: dict, figures: str = "", timings: list[tuple[str, dict
     title = {"mnist": "one-step MNIST generators prompted through MiniLM, aligned to a learned preference reward",
              "digits": "one-step 8x8 digit generators aligned to a learned preference reward"}[result["dataset"]]
     time_rows = timings or [("this run", result)]
-    times = "\n".join(f"| {what} | `didr bench {r['dataset']}{' --fast' if r['fast'] else ''} --out DIR` | {r['seconds']['total']:.0f} | "
+    times = "\n".join(f"| {what} | `{command_of(r)}` | {r['seconds']['total']:.0f} | "
                       f"{r['seconds']['stages']:.0f} | {r['seconds']['total'] - r['seconds']['stages']:.0f} | {_load_text(r)} |" for what, r in time_rows)
-    prov = provenance(result, f"didr bench {result['dataset']}{fast} --out DIR",
+    prov = provenance(result, command_of(result),
                       f"2 cores shared with other jobs; the runs trained in {result.get('jobs', 1)} process{'es' if result.get('jobs', 1) != 1 else ''}")
     head = render(f"didr bench {result['dataset']}{fast}: {title}", prov,
                   [f"Generated by the command: every table, verdict and figure below. Seeds: {_seeds_text(result)}. Seed s varies the alignment "
@@ -304,10 +314,12 @@ DI is the zero-strength end of the DIDR and DI++ frontiers (beta = inf, alpha = 
 
 ## At equal reward, paired by seed
 
-Each seed's frontier is interpolated at the same reward; a verdict needs the 95% interval of the per-seed differences to exclude 0.
+Each seed's frontier is interpolated at the same reward, over the rewards every seed's two frontiers reach. """ + _decision_text(comparisons) + """
 
 """ + "\n".join(f"- {c.summary()}" for c in comparisons) + f"""
 
+{floor_section(result, points)}
+{calibration_section(result)}
 ## Prompts
 
 {_prompt_summary(result['rows'])}
@@ -318,6 +330,15 @@ Each seed's frontier is interpolated at the same reward; a verdict needs the 95%
 
 All figures, per seed, are in the run's `metrics.json`; one sample grid per setting in `grids/`.
 """
+
+
+def command_of(result: dict) -> str:
+    flags = (" --fast" if result["fast"] else "") + (" --strong-end" if result.get("strong_end") else "")
+    return f"didr bench {result['dataset']}{flags} --out DIR"
+
+
+def _decision_text(comparisons) -> str:
+    return next((c.decision.text() for c in comparisons if c.decision), "")
 
 
 def _seeds_text(result: dict) -> str:

@@ -37,10 +37,12 @@ from didr.diffusion.optimum import exact_optimum
 from didr.diffusion.schedules import make_schedule
 from didr.errors import ConfigError
 from didr.eval import toy_metrics as tm
-from didr.eval.frontier import Point, compare_at_equal_reward, plot_frontiers
+from didr.eval.calibration import Calibrated, beta_of, calibration_series
+from didr.eval.frontier import PROCEDURE, Point, compare_family
+from didr.eval.frontier_plots import plot_comparisons
 from didr.eval.report import Provenance
 from didr.eval.toy_plots import plot_samples
-from didr.experiments.config import RunConfig
+from didr.experiments.config import RunConfig, ToyConfig
 from didr.experiments.stages import load_stage, save_stage, stage_metadata
 from didr.experiments.sweep import STRENGTH_FIELD, RunPool, Setting, at_strength, toy_strengths
 from didr.experiments.toy.report import METRIC_NAMES, METRICS, case_text, render_frontier
@@ -48,6 +50,7 @@ from didr.experiments.toy.stages import align, generate, prepare_stages
 from didr.files import atomic_write_text, digest
 from didr.objectives.config import MethodConfig, endpoint_alpha
 from didr.rewards.toy import parse_toy_reward
+from didr.runtime import today
 
 #: the generator can draw the data when its initial samples' median off-data distance is within
 #: this many mode stds of exact samples' (docs/method.md §7; otherwise every figure carries that floor)
@@ -221,16 +224,7 @@ def build_report(cfg: RunConfig, settings: list[Setting], seeds: list[int], rows
               {m: [error(rows[s, seed], m) for seed in seeds] for m in METRICS}, list(seeds))
         for s in settings
     ]
-    families = list(dict.fromkeys(s.family for s in settings))
-    didr = [f for f in families if f.split(":")[0] == "didr"]
-    others = [f for f in families if f.split(":")[0] in ("dipp", "dmdr", "refl")]
-    comparisons = []
-    for a in didr:
-        for b in others:
-            for m in METRICS:
-                cmp = compare_at_equal_reward(points, a, b, m)
-                comparisons.append({"a": a, "b": b, "metric": m, "summary": cmp.summary(), "ranges": cmp.ranges(),
-                                    "rows": [asdict(r) for r in cmp.rows]})
+    comparisons = [comparison_record(c) for c in compare_pairs(points)]
     n = cfg.toy.eval_samples
     return {
         "config": to_dict(cfg),
@@ -256,18 +250,64 @@ def build_report(cfg: RunConfig, settings: list[Setting], seeds: list[int], rows
     }
 
 
+def compare_pairs(points: list[Point]):
+    """Every DIDR family against every baseline on every metric, verdicts declared over them all
+    together (:data:`didr.eval.frontier.PROCEDURE`)."""
+    families = list(dict.fromkeys(p.method for p in points))
+    didr = [f for f in families if f.split(":")[0] == "didr"]
+    others = [f for f in families if f.split(":")[0] in ("dipp", "dmdr", "refl")]
+    return compare_family(points, [(a, b) for a in didr for b in others], METRICS, procedure=PROCEDURE)
+
+
+def comparison_record(c) -> dict:
+    return {"a": c.a, "b": c.b, "metric": c.metric, "summary": c.summary(), "ranges": c.ranges(), "rows": [asdict(r) for r in c.rows],
+            "decision": c.decision.text() if c.decision else ""}
+
+
 def report_points(report: dict) -> list[Point]:
     return [Point(p["method"], p["setting"], p["reward"], p["errors"], p["seeds"]) for p in report["points"]]
 
 
-def write_outputs(report: dict, settings: list[Setting], seeds: list[int], out_dir: Path) -> None:
+def calibration(report: dict) -> list[Calibrated]:
+    """Each DIDR setting's beta against its seeds' beta' (the exact optimum's, docs/method.md §7)."""
+    toy = report["config"]["toy"]  # the mixture and the reward alone: older reports hold fields since renamed elsewhere
+    fields = {k: toy[k] for k in ("means", "stds", "weights", "ring", "ring_std", "reward") if k in toy}
+    optimum = optimum_of(RunConfig(toy=from_dict(ToyConfig, fields, "toy")))
+    out = []
+    for p in report["points"]:
+        if p["method"].split(":")[0] == "didr":
+            beta = beta_of(p["setting"])
+            out.append(Calibrated(p["method"], p["setting"], beta, [float(b) for b in p["beta_equal"]], p["reward"], optimum.mean_reward(beta)))
+    return out
+
+
+def write_outputs(report: dict, settings: list[Setting] | None, seeds: list[int], out_dir: Path) -> None:
+    """frontier.png (every method, each comparison at its own scale, calibration), frontier.json,
+    frontier.md and, where the runs are cached (``settings`` given), samples.png."""
     points = report_points(report)
     floor = report["floor"]["sampling"]
+    calibrated = calibration(report)
     title = f"{case_text(report['config'])}; {len(seeds)} seeds; exact optimum: 0 on every axis (dashed: exact samples' floor)"
-    plot_frontiers(points, METRICS, out_dir / "frontier.png", title=title, floors=floor, labels=METRIC_NAMES)
-    plot_frontier_samples(report, settings, seeds[0], out_dir / "samples.png")
+    plot_comparisons(points, compare_pairs(points), METRICS, out_dir / "frontier.png", title=title, floors=floor, labels=METRIC_NAMES,
+                     calibration=calibration_series(calibrated))
+    if settings is not None:
+        plot_frontier_samples(report, settings, seeds[0], out_dir / "samples.png")
     atomic_write_text(json.dumps(report, indent=1, default=_json_default), out_dir / "frontier.json")
-    atomic_write_text(render_frontier(report, points), out_dir / "frontier.md")
+    atomic_write_text(render_frontier(report, points, calibrated), out_dir / "frontier.md")
+
+
+def rerender(out_dir: Path) -> dict:
+    """Rewrite a recorded frontier's comparisons (frontier.json), frontier.md and frontier.png from
+    its runs' recorded figures, with the current verdict procedure and calibration; samples.png,
+    which needs the runs themselves, is kept. The report keeps its runs' command, machine and date."""
+    report = json.loads((out_dir / "frontier.json").read_text())
+    if "provenance" not in report:  # recorded before reports carried one: its command and machine line
+        machine_line = report.get("machine", "")
+        report["provenance"] = Provenance(report["command"], machine_line, machine_line.rsplit(", ", 1)[-1], f"{report.get('jobs', 1)} process(es)").to_dict()
+    report["comparisons"] = [comparison_record(c) for c in compare_pairs(report_points(report))]
+    report["rerendered"] = today()
+    write_outputs(report, None, report["seeds"], out_dir)
+    return report
 
 
 def _json_default(v):
