@@ -113,3 +113,23 @@ def test_prompt_reward_reads_the_digit_of_text_prompts():
     torch.testing.assert_close(reward(x, text), reward(x, torch.tensor([2, 0, 7])))
     with pytest.raises(ConfigError, match="digit"):
         reward(x, ["a bold two", "a thin zero", "seven"])
+
+
+def test_the_proxy_pays_for_ink_outside_the_digits_support_and_nothing_else():
+    from didr.rewards.digits import digit_support, outside_ink
+
+    real = -torch.ones(4, 1, 8, 8)
+    real[:, :, 2:6, 2:6] = 1  # the digits live in the centre
+    support = digit_support(real)
+    assert support.sum() == 16 and support[2:6, 2:6].all()
+    inside, corner = real[:1].clone(), real[:1].clone()
+    corner[:, :, 0, :] = 1  # a full row of background: 8 of the 48 background pixels
+    assert outside_ink(inside, support).item() == 0 and abs(outside_ink(corner, support).item() - 8 / 48) < 1e-6
+    torch.manual_seed(0)
+    terms = PreferenceReward(DigitCNN(1, 8, 16, 8)), ClassifierReward(DigitCNN(10, 8, 16, 8))
+    plain, proxy = DigitReward(*terms, 0.5), DigitReward(*terms, 0.5, ink_weight=3.0, support=support)
+    c = torch.tensor([1])
+    assert torch.allclose(proxy(corner, c), plain(corner, c) + 3.0 * 8 / 48) and torch.equal(proxy(inside, c), plain(inside, c))
+    assert torch.equal(proxy.combine(proxy.preference(corner), proxy.prompt(corner, c), proxy.outside_ink(corner)), proxy(corner, c))
+    with pytest.raises(ConfigError, match="support"):
+        DigitReward(*terms, 0.5, ink_weight=1.0)

@@ -20,9 +20,19 @@ trained reward when there are none) is recorded, and the run keeps that generato
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
+
+from didr.eval.stats import Interval
+from didr.files import atomic_write_text
+
+TRAINED = "trained"  # the trained reward's name among an evaluation's intervals
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,43 @@ class Evaluation:
     held_out: dict[str, float] = field(default_factory=dict)  # held-out reward -> mean
     held_out_noise: dict[str, float] = field(default_factory=dict)
     diversity: float | None = None
+
+
+def evaluation_of(step: int, intervals: dict[str, Interval], diversity: float | None) -> Evaluation:
+    """An evaluation from its rewards' intervals over held-out prompts (``TRAINED`` and the held-out ones)."""
+    half = {k: (v.high - v.low) / 2 for k, v in intervals.items()}
+    held_out = [k for k in intervals if k != TRAINED]
+    return Evaluation(step, intervals[TRAINED].estimate, half[TRAINED], {k: intervals[k].estimate for k in held_out},
+                      {k: half[k] for k in held_out}, diversity)
+
+
+def seed_diversity(images: Tensor) -> float:
+    """Mean over prompts of the RMS distance between the images of two of its seeds, over every pair:
+    ``images`` (prompts, seeds, ...) in [-1, 1]."""
+    prompts, seeds = images.shape[:2]
+    flat = images.reshape(prompts, seeds, -1).double()
+    distance = torch.cdist(flat, flat) / flat.shape[-1] ** 0.5
+    upper = torch.triu_indices(seeds, seeds, 1)
+    return float(distance[:, upper[0], upper[1]].mean())
+
+
+class EvaluationLog:
+    """``evaluations.jsonl``: a line per evaluation of a run (the evaluation, its intervals, its alarms,
+    the best step so far); a resumed run reads it back, and a rewritten step replaces its line."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
+
+    def evaluations(self) -> list[Evaluation]:
+        return [Evaluation(**r["evaluation"]) for r in self.records()]
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = record["evaluation"]["step"]
+        kept = [json.dumps(r) for r in self.records() if r["evaluation"]["step"] < step]
+        atomic_write_text("".join(line + "\n" for line in [*kept, json.dumps(record)]), self.path)
 
 
 @dataclass(frozen=True)
@@ -86,3 +133,14 @@ class HackingAlarm:
             return Alarm(now.step, "collapse", f"collapse? diversity across seeds fell to {now.diversity:.3g} "
                                                f"from {first.diversity:.3g} at step {first.step}")
         return None
+
+
+def lasting_decline(values: list[float], halves: list[float], min_length: int = 2) -> int | None:
+    """The first index from which ``values`` stay, to the end, below their best so far by more than
+    that best's 95% half-width (``halves``), for at least ``min_length`` evaluations; None if none.
+    The truth an alarm is scored against where a gold attribute is known."""
+    best, onset = 0, None
+    for k, value in enumerate(values):
+        best = k if value > values[best] else best
+        onset = (k if onset is None else onset) if value < values[best] - halves[best] else None
+    return onset if onset is not None and len(values) - onset >= min_length else None

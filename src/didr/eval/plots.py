@@ -38,6 +38,14 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 10, title: str | Non
     plt.close(fig)
 
 
+def read_rgb(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8: a written figure, for the trackers."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def image_grid(columns: dict[str, list[Path]], prompts: list[str], path: str | Path, max_rows: int = 8, cell: float = 1.8) -> Path:
     """Prompts (rows, at most ``max_rows``) x generators (columns) of RGB images from files, each
     column headed by its generator and each row by its prompt (shortened), written to ``path``."""

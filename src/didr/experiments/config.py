@@ -105,6 +105,7 @@ class DigitsConfig:
     preference_tau: float = 0.1  # annotator noise: P(a > b) = sigmoid((g_a - g_b) / (tau std g))
     gold: str = "bold"  # the hidden attribute the annotator prefers: bold (peaked thickness) | thickness | slant
     prompt_weight: float = 0.5  # training reward = preference + prompt_weight * log p(c | x)
+    ink_weight: float = 0.0  # > 0: a proxy with a known exploit, which also pays this much per unit of ink outside the digits' support
     eval_samples: int = 1000
     threads: int = 1  # torch CPU threads: with anything else on the cores, 2 threads ran 10-50x slower than 1
 
@@ -124,6 +125,7 @@ class DigitsConfig:
             require(getattr(self, name) >= 1, f"{path}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(1 <= self.distill_shards <= self.distill_batch, f"{path}.distill_shards", f"must be in [1, distill_batch], got {self.distill_shards}")
         require(1 <= self.ref_shards <= self.ref_batch, f"{path}.ref_shards", f"must be in [1, ref_batch], got {self.ref_shards}")
+        require(self.ink_weight >= 0, f"{path}.ink_weight", f"must be >= 0, got {self.ink_weight}")
         require(self.distill_steps >= 0, f"{path}.distill_steps", f"must be >= 0, got {self.distill_steps}")
 
 

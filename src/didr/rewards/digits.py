@@ -7,6 +7,11 @@
   attribute, exactly as PickScore or ImageReward are trained from human pairwise choices. Trained
   on real images only, it can be fooled off the data manifold, which is the point: the evaluation
   reports the gold attribute too, so over-optimisation of the proxy shows.
+- :func:`outside_ink`: the ink a generator puts where real digits never have any (the pixels
+  outside the digits' support). ``DigitReward(ink_weight > 0)`` pays for it: a proxy with a known
+  exploit, whose optimum covers the background, so that strong optimisation raises the proxy while
+  the gold attribute and prompt accuracy fall (the truth against which the reward-hacking alarm,
+  :mod:`didr.eval.alarm`, is validated).
 - Gold attributes: :func:`thickness` (mean ink, which grows with stroke width), :func:`slant`
   (the ink's x-y shear) and :class:`Boldness`, the default: bold strokes are preferred up to the
   boldest real digits and penalised beyond. Real images almost all lie below that peak, so the
@@ -70,6 +75,18 @@ def gold_attribute(name: str, real_images: Tensor | None = None) -> Callable[[Te
     if name not in GOLD:
         raise ConfigError(f"unknown gold attribute {name!r}; choose one of {', '.join(GOLD)}")
     return {"thickness": thickness, "slant": slant}[name]
+
+
+def digit_support(real_images: Tensor, threshold: float = 0.01) -> Tensor:
+    """(H, W) bool: the pixels where the real images' mean ink in [0, 1] reaches ``threshold``."""
+    return ((real_images.clamp(-1, 1) + 1) / 2).mean(dim=(0, 1)) >= threshold
+
+
+def outside_ink(images: Tensor, support: Tensor) -> Tensor:
+    """Mean ink in [0, 1] per image over the pixels outside ``support`` (:func:`digit_support`)."""
+    background = (~support).to(images.dtype)
+    ink = (images.clamp(-1, 1) + 1) / 2
+    return (ink[:, 0] * background).sum((1, 2)) / background.sum().clamp_min(1.0)
 
 
 class DigitCNN(nn.Module):
@@ -145,20 +162,32 @@ class PreferenceReward(FrozenReward):
 
 
 class DigitReward(FrozenReward):
-    """The training reward: preference + prompt_weight * log p(c | x)."""
+    """The training reward: preference + prompt_weight * log p(c | x), plus, for the exploitable
+    proxy, ink_weight * :func:`outside_ink` (``support``: the digits' pixels)."""
 
     name = "preference+prompt"
 
-    def __init__(self, preference: PreferenceReward, prompt: ClassifierReward, prompt_weight: float):
+    def __init__(self, preference: PreferenceReward, prompt: ClassifierReward, prompt_weight: float, ink_weight: float = 0.0,
+                 support: Tensor | None = None):
         super().__init__()
-        self.preference, self.prompt, self.prompt_weight = preference, prompt, float(prompt_weight)
+        self.preference, self.prompt, self.prompt_weight, self.ink_weight = preference, prompt, float(prompt_weight), float(ink_weight)
+        if self.ink_weight:
+            if support is None:
+                raise ConfigError("a reward that pays for ink outside the digits needs the digits' support")
+            self.name = "preference+prompt+outside-ink"
+            self.register_buffer("support", support.bool())
 
     def forward(self, images: Tensor, prompts: Any = None) -> Tensor:
-        return self.combine(call_reward(self.preference, images, prompts), call_reward(self.prompt, images, prompts) if self.prompt_weight else None)
+        return self.combine(call_reward(self.preference, images, prompts), call_reward(self.prompt, images, prompts) if self.prompt_weight else None,
+                            self.outside_ink(images) if self.ink_weight else None)
 
-    def combine(self, preference: Tensor, prompt_logp: Tensor | None) -> Tensor:
-        """The reward from its two terms, already computed (an evaluation that reports both)."""
-        return preference + self.prompt_weight * prompt_logp if self.prompt_weight else preference
+    def outside_ink(self, images: Tensor) -> Tensor:
+        return outside_ink(images, self.support)
+
+    def combine(self, preference: Tensor, prompt_logp: Tensor | None, ink: Tensor | None = None) -> Tensor:
+        """The reward from its terms, already computed (an evaluation that reports each)."""
+        reward = preference + self.prompt_weight * prompt_logp if self.prompt_weight else preference
+        return reward + self.ink_weight * ink if self.ink_weight else reward
 
 
 class ClassificationBatches:

@@ -40,7 +40,9 @@ class Evaluator:
         s, x = self.s, images.clamp(-1, 1)
         chunks = list(zip(x.split(500), split_cond(cond, 500)))
         rewards = {name: torch.cat([call_reward(fn, xx, cc) for xx, cc in chunks]) for name, fn in (("preference", s.preference), ("prompt_logp", s.reward.prompt))}
-        return {"reward": s.reward.combine(rewards["preference"], rewards["prompt_logp"]), **rewards}  # its parts, not a second pass
+        if s.reward.ink_weight:
+            rewards["outside_ink"] = s.reward.outside_ink(x)
+        return {"reward": s.reward.combine(rewards["preference"], rewards["prompt_logp"], rewards.get("outside_ink")), **rewards}  # its parts, not a second pass
 
     @torch.no_grad()
     def __call__(self, images: Tensor, cond: Any) -> dict[str, float]:

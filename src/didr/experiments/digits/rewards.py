@@ -68,6 +68,19 @@ def reward_stages(cfg: DigitsConfig, data: DigitData, data_key: str, path: Calla
     return classifier, eval_classifier, preference, gold, keys
 
 
+def heldout_classifier(cfg: DigitsConfig, data: DigitData, data_key: str, stage_dir: Path | None, seed: int) -> DigitCNN:
+    """A third classifier, of another width, initialised and trained from seeds of its own: the
+    held-out reward of a run's evaluations (log p(c | x) under a network the run never trains on,
+    as PickScore is beside a run trained on HPS). Cached under ``stage_dir`` when given."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 7)
+        net = DigitCNN(data.n_classes, 16, 48, data.shape[-1])
+    key = digest({"data": data_key, "classifier_steps": cfg.classifier_steps, "width": 16, "feat_dim": 48})
+    path = stage_dir / "heldout_classifier.safetensors" if stage_dir is not None else None
+    cached_module(path, key, net, lambda: train_classifier(net, data.train_x, data.train_y, cfg.classifier_steps, seed + 8))
+    return net.eval().requires_grad_(False)
+
+
 def rewards_cached(cfg: DigitsConfig, data_key: str, stage_dir: Path) -> bool:
     keys = reward_keys(cfg, data_key)
     stages = {"classifier": keys["classifier"], "eval_classifier": keys["classifier"], "preference": keys["preference"]}

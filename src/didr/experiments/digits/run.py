@@ -1,4 +1,5 @@
-"""``didr train`` on the digits: one method (``cfg.method``), evaluated and written to OUT."""
+"""``didr train`` on the digits: one method (``cfg.method``), evaluated and written to OUT; with
+``train.eval_every``, evaluated during the run too, with the reward-hacking alarm (:mod:`didr.experiments.digits.watch`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from didr.eval.plots import save_grid
 from didr.experiments.digits.evaluate import EVAL_SEED, Evaluator
 from didr.experiments.digits.stages import align, generate, prepare_stages
+from didr.experiments.digits.watch import DigitsWatch
 from didr.files import atomic_write_text
 
 
@@ -17,7 +19,8 @@ def run_digits(cfg, out_dir: Path) -> dict:
     """Prepare (or load) the stages, align ``cfg.method``, and write samples.png and metrics.json."""
     torch.set_num_threads(cfg.digits.threads)
     stages = prepare_stages(cfg.digits, cfg.train.seed, out_dir / "stages", cfg.train.progress)
-    generator = align(stages, cfg.method, cfg.train, out_dir, cfg.method.name)
+    watch = DigitsWatch(stages, out_dir, out_dir / "stages", cfg.train.seed) if cfg.train.eval_every else None
+    generator = align(stages, cfg.method, cfg.train, out_dir, cfg.method.name, evaluate=watch)
     z, c = stages.inputs(cfg.digits.eval_samples, EVAL_SEED)
     samples = generate(generator, z, c)
     metrics = Evaluator(stages)(samples, c)

@@ -39,7 +39,7 @@ from didr.experiments.stages import cached_module, cached_tensors
 from didr.files import digest
 from didr.models.unet import OneStepGenerator, UNetDenoiser
 from didr.objectives.config import MethodConfig, build_objective
-from didr.rewards.digits import ClassifierReward, DigitCNN, DigitReward, PreferenceReward
+from didr.rewards.digits import ClassifierReward, DigitCNN, DigitReward, PreferenceReward, digit_support
 from didr.runtime import process_pool
 from didr.train.config import TrainConfig
 from didr.train.ema import EMA
@@ -218,7 +218,7 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
     torch.set_rng_state(rng)
     classifier, eval_classifier, preference, gold, reward_keys = reward_stages(cfg, data, keys["data"], path, seed)
     keys.update(reward_keys)
-    reward = DigitReward(preference, ClassifierReward(classifier), cfg.prompt_weight)
+    reward = DigitReward(preference, ClassifierReward(classifier), cfg.prompt_weight, cfg.ink_weight, digit_support(data.train_x))
 
     log("stage: teacher samples")
     keys["teacher"] = digest({"reference": keys["reference"], **pick("cfg_scale", "teacher_steps", "teacher_pool")})
@@ -245,15 +245,16 @@ def prepare_stages(cfg: DigitsConfig, seed: int = 0, stage_dir: Path | None = No
 
 
 def align(stages: DigitStages, method: MethodConfig, train: TrainConfig, out_dir: Path | None = None, desc: str | None = None,
-          reference: nn.Module | None = None) -> nn.Module:
+          reference: nn.Module | None = None, evaluate: Callable | None = None) -> nn.Module:
     """Run one method through the training loop; returns the (EMA) trained generator.
-    ``reference``: another alignment target than the stages' (an ablation of the guidance scale)."""
+    ``reference``: another alignment target than the stages' (an ablation of the guidance scale);
+    ``evaluate``: the run's evaluations every ``train.eval_every`` steps (:mod:`didr.experiments.digits.watch`)."""
     generator = copy.deepcopy(stages.generator).requires_grad_(True)
     ta = copy.deepcopy(stages.ref_net).requires_grad_(True)
     initial = copy.deepcopy(stages.generator).requires_grad_(False).eval()
     objective = build_objective(method, stages.schedule, stages.reward, initial_generator=initial)
     alignment = Alignment(generator, reference or stages.reference, ta, objective, lambda n: stages.inputs(n))
-    trainer = Trainer(alignment, train, out_dir, desc=desc or method.name)
+    trainer = Trainer(alignment, train, out_dir, desc=desc or method.name, evaluate=evaluate)
     trainer.run()
     return trainer.sampling_generator
 
