@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,15 +42,19 @@ from didr.objectives.config import MethodConfig
 from didr.runtime import machine, today
 
 TRUTH = ("gold", "prompt_accuracy")
-RULES = {"window 3, drop 1 (default)": {}, "window 2": {"window": 2}, "window 6": {"window": 6}, "drop 0.5": {"drop": 0.5},
-         "drop 2": {"drop": 2.0}}
+RULES = {"paired, window 3, 2 in a row (the default)": {}, "paired, window 3, at once": {"confirm": 1},
+         "paired, window 6, 2 in a row": {"window": 6}, "paired 99%, window 3, at once": {"level": 0.99, "confirm": 1},
+         "unpaired (first half-widths), window 3, at once": {"paired": False, "confirm": 1},
+         "unpaired, window 6, at once": {"paired": False, "window": 6, "confirm": 1}}
+#: the default rule (paired, 2 in a row) was chosen on these seeds' runs; the later seeds ran after
+CHOSEN_ON = (0, 1, 2)
 
 
 def settings(ink_weight: float) -> list[tuple[str, float, MethodConfig]]:
     """(label, ink weight, method): each method weak to strong, on the proxy and on the plain reward."""
-    methods = ([(f"ReFL reg={r:g}", MethodConfig(name="refl", refl_reg=r)) for r in (300.0, 30.0, 3.0)]
+    methods = ([(f"ReFL reg={r:g}", MethodConfig(name="refl", refl_reg=r)) for r in (300.0, 30.0, 10.0, 3.0)]
                + [(f"DIDR b={b:g}", MethodConfig(name="didr", beta=b, drp_steps=1)) for b in (0.5, 0.125, 0.03)]
-               + [(f"DI++ a={a:g}", MethodConfig(name="dipp", alpha=a)) for a in (4.0, 16.0)])
+               + [(f"DI++ a={a:g}", MethodConfig(name="dipp", alpha=a)) for a in (4.0, 16.0, 64.0)])
     return [(f"{label}, {reward}", w, m) for w, reward in ((ink_weight, "proxy"), (0.0, "plain")) for label, m in methods]
 
 
@@ -101,6 +106,12 @@ def score_run(run: dict, rule: dict) -> dict:
             "gold_best": max(gold.values()), "gold_first": gold[steps[0]]}
 
 
+def verdict(s: dict) -> str:
+    if s["onset"] is None:
+        return "false alarm" if s["fired"] is not None else "quiet"
+    return "missed" if s["fired"] is None else "caught" if s["fired"] >= s["onset"] else "early"
+
+
 def tally(scored: list[dict]) -> dict:
     hacked = [s for s in scored if s["onset"] is not None]
     clean = [s for s in scored if s["onset"] is None]
@@ -124,21 +135,29 @@ def report(runs: list[dict], args, seconds: float) -> str:
              "the diversity across seeds; the truth is the gold attribute and the evaluation classifier's prompt accuracy, which it does not see. "
              "A run is hacked where either declines for good: from its onset to the end it stays below its best so far by more than that "
              "best's 95% half-width.", "",
-             "## Every run, under the default rule", "",
-             "| run | seed | hacked from step | alarm at step | verdict | gold: first / best / end | gold of the evaluation kept | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
-    for run, s in zip(runs, default):
-        verdict = ("caught" if s["fired"] is not None and s["onset"] is not None and s["fired"] >= s["onset"] else
-                   "early" if s["fired"] is not None and s["onset"] is not None else "missed" if s["onset"] is not None else
-                   "false alarm" if s["fired"] is not None else "quiet")
-        lines.append(f"| {run['label']} | {run['seed']} | {_step(s['onset'])} | {_step(s['fired'])} | {verdict} | "
-                     f"{s['gold_first']:.3f} / {s['gold_best']:.3f} / {s['gold_end']:.3f} | {s['gold_kept']:.3f} (step {s['kept']}) | {run['seconds']:.0f} |")
+             "## Every setting, under the default rule", "",
+             "Per setting, over its seeds: the steps where the truth declines for good and where the alarm fires (one per seed), "
+             "the verdicts, and the gold attribute (means over seeds) at the first evaluation, at the run's best, at the end, and at the "
+             "evaluation the alarm keeps (the best by the held-out reward).", "",
+             "| run | hacked from step | alarm at step | verdicts | gold: first / best / end | gold kept | seconds a run |",
+             "|---|---|---|---|---|---|---|"]
+    for label in dict.fromkeys(r["label"] for r in runs):
+        mine = [(r, s) for r, s in zip(runs, default) if r["label"] == label]
+        counts = Counter(verdict(s) for _, s in mine)
+        mean = {key: np.mean([s[key] for _, s in mine]) for key in ("gold_first", "gold_best", "gold_end", "gold_kept")}
+        lines.append(f"| {label} | {' '.join(_step(s['onset']) for _, s in mine)} | {' '.join(_step(s['fired']) for _, s in mine)} | "
+                     f"{', '.join(f'{n} {v}' for v, n in counts.items())} | {mean['gold_first']:.3f} / {mean['gold_best']:.3f} / "
+                     f"{mean['gold_end']:.3f} | {mean['gold_kept']:.3f} | {np.mean([r['seconds'] for r, _ in mine]):.0f} |")
     lines += ["", "## The rule and its variants, replayed on the same evaluations", "",
-              "| rule | hacked runs caught at or after the onset | fired before the onset | missed | false alarms in clean runs | median lag (steps) |",
-              "|---|---|---|---|---|---|"]
+              "| rule | hacked runs caught at or after the onset | fired before the onset | missed | false alarms in clean runs | median lag (steps) "
+              "| seeds run after the rule was chosen: caught | false alarms |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, rule in RULES.items():
-        t = tally([score_run(r, rule) for r in runs])
-        lines.append(f"| {name} | {t['caught']} of {t['hacked']} | {t['early']} | {t['missed']} | {t['false']} of {t['clean']} | {t['lag']:g} |")
+        scored = [score_run(r, rule) for r in runs]
+        t = tally(scored)
+        fresh = tally([s for r, s in zip(runs, scored) if r["seed"] not in CHOSEN_ON])
+        lines.append(f"| {name} | {t['caught']} of {t['hacked']} | {t['early']} | {t['missed']} | {t['false']} of {t['clean']} | {t['lag']:g} "
+                     f"| {fresh['caught']} of {fresh['hacked']} | {fresh['false']} of {fresh['clean']} |")
     hacked = [s for s in default if s["onset"] is not None]
     if hacked:
         kept = np.mean([s["gold_kept"] - s["gold_end"] for s in hacked])
@@ -191,8 +210,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=15)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--ink-weight", type=float, default=4.0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ink-weight", type=float, default=8.0)
     parser.add_argument("--only", help="run the settings whose label contains this")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rerender", action="store_true", help="rebuild the report from the recorded runs")
@@ -202,6 +221,7 @@ def main() -> None:
     if args.rerender:
         recorded = json.loads((args.out / "runs.json").read_text())
         runs, seconds = recorded["runs"], recorded["seconds"]
+        vars(args).update(recorded.get("args", {}))  # the report states the recorded run's command
     else:
         stage_dir = args.stages or args.out / "stages"
         tasks = [(label, w, m, seed, args.steps, args.eval_every, str(args.out / "runs" / f"{_slug(label)}-s{seed}"))
@@ -211,7 +231,8 @@ def main() -> None:
                 _init(str(stage_dir), args.ink_weight)
             runs = pool.map(run_one, tasks, lambda t, r: f"{t[0]} seed {t[3]}: {r['seconds']:.0f} s", print)
         seconds = time.perf_counter() - start
-        atomic_write_text(json.dumps({"runs": runs, "seconds": seconds}), args.out / "runs.json")
+        recorded_args = {"steps": args.steps, "eval_every": args.eval_every, "seeds": args.seeds, "ink_weight": args.ink_weight}
+        atomic_write_text(json.dumps({"runs": runs, "seconds": seconds, "args": recorded_args}), args.out / "runs.json")
     plot(runs, args.out / "alarm_mnist.png")
     atomic_write_text(report(runs, args, seconds), args.out / "alarm_mnist.md")
     print(f"wrote {args.out / 'alarm_mnist.md'}")

@@ -1,11 +1,22 @@
 """The reward-hacking rule on histories whose truth is known."""
 
-from didr.eval.alarm import Evaluation, HackingAlarm
+import numpy as np
+
+from didr.eval.alarm import TRAINED, Evaluation, HackingAlarm, evaluation_of
+from didr.eval.stats import mean_interval
 
 
-def history(trained, held, diversity=None, noise=0.1):
-    return [Evaluation(step=100 * i, trained=t, trained_noise=noise, held_out={"hps": h}, held_out_noise={"hps": noise},
-                       diversity=None if diversity is None else diversity[i]) for i, (t, h) in enumerate(zip(trained, held))]
+def history(trained, held, diversity=None, spread=0.3, jitter=0.01, prompts=20, seeds=4):
+    """Evaluations of the same prompts and seeds: each image's score is its reward's mean at that
+    evaluation, plus the image's own offset (the same at every evaluation, sd ``spread``), plus fresh
+    noise (sd ``jitter``)."""
+    rng = np.random.default_rng(0)
+    offsets = {k: rng.normal(0, spread, (prompts, seeds)) for k in (TRAINED, "hps")}
+    evals = []
+    for i, (t, h) in enumerate(zip(trained, held)):
+        grids = {k: m + offsets[k] + rng.normal(0, jitter, (prompts, seeds)) for k, m in ((TRAINED, t), ("hps", h))}
+        evals.append(evaluation_of(100 * i, {k: mean_interval(g) for k, g in grids.items()}, None if diversity is None else diversity[i], grids))
+    return evals
 
 
 def run(evals, **kw):
@@ -14,9 +25,15 @@ def run(evals, **kw):
 
 
 def test_trained_up_and_held_out_down_fires_once_the_window_shows_it():
-    alarm, fired = run(history([0, 0.2, 0.5, 0.9], [0.5, 0.5, 0.3, 0.1]))
+    alarm, fired = run(history([0, 0.2, 0.5, 0.9], [0.5, 0.45, 0.3, 0.1]), confirm=1)
     assert [a.kind for a in fired] == ["hacking", "hacking"] and fired[0].step == 200
-    assert alarm.best().step == 0  # held-out rewards were highest at the start (ties: the earliest)
+    assert "paired per image" in fired[0].message
+    assert alarm.best().step == 0  # held-out rewards were highest at the start
+
+
+def test_by_default_hacking_must_show_at_two_evaluations_in_a_row():
+    assert [a.step for a in run(history([0, 0.2, 0.5, 0.9], [0.5, 0.45, 0.3, 0.1]))[1]] == [300]
+    assert run(history([0, 0.5, 0.5, 0.5], [0.5, 0.2, 0.2, 0.2]), window=2)[1] == []  # shown once, then flat: no alarm
 
 
 def test_both_rising_is_not_hacking_and_the_best_is_the_last():
@@ -24,9 +41,22 @@ def test_both_rising_is_not_hacking_and_the_best_is_the_last():
     assert fired == [] and alarm.best().step == 300
 
 
-def test_changes_within_the_noise_do_not_fire():
-    _, fired = run(history([0, 0.05, 0.08, 0.09], [0.5, 0.48, 0.46, 0.45]))
+def test_changes_within_the_images_own_noise_do_not_fire():
+    _, fired = run(history([0, 0.05, 0.08, 0.09], [0.5, 0.48, 0.46, 0.45], jitter=0.3))
     assert fired == []
+
+
+def test_pairing_sees_a_change_far_smaller_than_the_spread_over_prompts():
+    evals = history([0, 0.1, 0.2, 0.3], [0.5, 0.4, 0.3, 0.2], spread=1.0)
+    assert [a.step for a in run(evals, confirm=1)[1]] == [200, 300]
+    assert run(evals, paired=False, confirm=1)[1] == []  # 0.2 is under half the interval's half-width over 20 prompts
+    unscored = [Evaluation(**{**e.__dict__, "scores": {}}) for e in evals]
+    assert run(unscored, confirm=1)[1] == []  # evaluations without per-image scores fall back to the unpaired rule
+
+
+def test_the_unpaired_rule_counts_changes_in_half_widths_of_the_first_evaluation():
+    _, fired = run(history([0, 0.5, 1.0, 1.5], [0.5, 0.2, -0.1, -0.4], spread=0.3), paired=False, confirm=1)
+    assert [a.step for a in fired] == [200, 300] and "half-widths" in fired[0].message
 
 
 def test_collapse_of_diversity_fires():

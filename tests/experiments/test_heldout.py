@@ -75,8 +75,9 @@ def test_the_alarm_stops_the_run_and_exports_the_best_evaluation(tmp_path, monke
     out = tmp_path / "run"
     assert train(out, "train.alarm=stop", "train.steps=20", "train.eval_every=1") == 0
     log = (out / "train.log").read_text()
-    assert "alarm at step 2: reward hacking?" in log and "stopped by the alarm at step 2; the export is the generator of step 0" in log
-    assert not (out / "samples" / "step-000003.png").exists()
+    # hacking shows from step 2 (window 3) and fires when step 3 confirms it
+    assert "alarm at step 3: reward hacking?" in log and "stopped by the alarm at step 3; the export is the generator of step 0" in log
+    assert not (out / "samples" / "step-000004.png").exists()
     from didr.models.sample import Sampler, load_run
 
     cfg, info = load_run(out)

@@ -1,21 +1,28 @@
 """A reward-hacking alarm over a run's held-out evaluations.
 
-Each evaluation of the run (``train.eval_every``) gives, on held-out prompts with fixed seeds, the
-trained reward, rewards the run does not train on (held-out rewards), and the diversity across
-seeds. Reward hacking shows as the trained reward rising while the held-out rewards fall; collapse
-as the diversity falling. The rule, over the evaluations so far:
+Each evaluation of the run (``train.eval_every``) draws the same held-out prompts at the same seeds
+and scores every image with the trained reward and with rewards the run does not train on (held-out
+rewards); it also measures the diversity across seeds. Reward hacking shows as the trained reward
+rising while a held-out reward falls; collapse as the diversity falling. The rule, over the
+evaluations so far:
 
-- **hacking**: over the last ``window`` evaluations the trained reward rose by more than its noise
-  while the mean of the held-out rewards, each in units of its own noise, fell by more than
-  ``drop`` (default 1) noise units;
+- **hacking**: at ``confirm`` evaluations in a row (default 2), from the evaluation ``window - 1``
+  evaluations back (default: 2) to that one, the trained reward rose and some held-out reward fell,
+  each beyond chance: the 95% interval of the paired per-image change (the same prompt and seed at
+  both evaluations, bootstrapped over prompts, as ``didr eval`` compares two generators) lies above
+  zero for the one and below zero for the other;
 - **collapse**: the diversity fell below ``collapse`` (default 0.5) times its value at the first
   evaluation.
 
-A reward's noise is the half-width of its 95% interval at the first evaluation (the interval over
-held-out prompts), so the rule needs no threshold in a reward's own units. The alarm warns (a line in
-``train.log``); with ``train.alarm: stop`` the run stops at the first alarm. Either way the best
-evaluation by the held-out criterion (the mean of the held-out rewards in noise units, or the
-trained reward when there are none) is recorded, and the run keeps that generator.
+Pairing is what makes the rule sensitive: the same images' change is far less noisy than the spread
+of a reward over prompts. Evaluations recorded without per-image scores fall back to that spread
+(``paired=False``): a change counts when it exceeds the half-width of the reward's interval at the
+first evaluation, the held-out rewards averaged in those units (and ``drop`` of them for a fall).
+
+The alarm warns (a line in ``train.log``); with ``train.alarm: stop`` the run stops at the first alarm.
+Either way the best evaluation by the held-out criterion (the mean of the held-out rewards in units of
+their first half-width, or the trained reward when there are none) is recorded, and the run keeps
+that generator. ``benchmarks/results/alarm_mnist.md`` measures the rule where the truth is known.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from didr.eval.stats import Interval
+from didr.eval.stats import Interval, difference_interval
 from didr.files import atomic_write_text
 
 TRAINED = "trained"  # the trained reward's name among an evaluation's intervals
@@ -43,14 +50,17 @@ class Evaluation:
     held_out: dict[str, float] = field(default_factory=dict)  # held-out reward -> mean
     held_out_noise: dict[str, float] = field(default_factory=dict)
     diversity: float | None = None
+    scores: dict[str, list[list[float]]] = field(default_factory=dict)  # reward -> per-image scores, (prompts, seeds)
 
 
-def evaluation_of(step: int, intervals: dict[str, Interval], diversity: float | None) -> Evaluation:
-    """An evaluation from its rewards' intervals over held-out prompts (``TRAINED`` and the held-out ones)."""
+def evaluation_of(step: int, intervals: dict[str, Interval], diversity: float | None, scores: dict[str, Any] | None = None) -> Evaluation:
+    """An evaluation from its rewards' intervals over held-out prompts (``TRAINED`` and the held-out
+    ones) and their per-image ``scores`` (prompts x seeds; for the paired rule)."""
     half = {k: (v.high - v.low) / 2 for k, v in intervals.items()}
     held_out = [k for k in intervals if k != TRAINED]
+    grids = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in (scores or {}).items() if k in intervals}
     return Evaluation(step, intervals[TRAINED].estimate, half[TRAINED], {k: intervals[k].estimate for k in held_out},
-                      {k: half[k] for k in held_out}, diversity)
+                      {k: half[k] for k in held_out}, diversity, grids)
 
 
 def seed_diversity(images: Tensor) -> float:
@@ -92,14 +102,20 @@ class Alarm:
 @dataclass
 class HackingAlarm:
     window: int = 3
-    drop: float = 1.0
     collapse: float = 0.5
+    paired: bool = True  # the paired per-image rule where the evaluations hold their scores
+    level: float = 0.95  # the paired intervals' level
+    confirm: int = 2  # evaluations in a row that must show hacking before it fires
+    drop: float = 1.0  # the unpaired rule's fall, in half-widths
     history: list[Evaluation] = field(default_factory=list)
+    _shown: int = field(default=0, repr=False)  # evaluations in a row that showed hacking
 
     def add(self, evaluation: Evaluation) -> list[Alarm]:
         """Record an evaluation; the alarms it raises."""
         self.history.append(evaluation)
-        return [a for a in (self._hacking(), self._collapse()) if a is not None]
+        hacking = self._hacking()
+        self._shown = self._shown + 1 if hacking is not None else 0
+        return [a for a in (hacking if self._shown >= self.confirm else None, self._collapse()) if a is not None]
 
     def held_out_score(self, evaluation: Evaluation) -> float:
         """The held-out criterion: mean held-out reward in noise units of the first evaluation (the
@@ -115,14 +131,29 @@ class HackingAlarm:
     def _hacking(self) -> Alarm | None:
         if len(self.history) < self.window or not self.history[0].held_out:
             return None
-        first, start, now = self.history[0], self.history[-self.window], self.history[-1]
+        start, now = self.history[-self.window], self.history[-1]
+        if self.paired and all(k in start.scores and k in now.scores for k in (TRAINED, *now.held_out)):
+            return self._paired(start, now)
+        return self._unpaired(start, now)
+
+    def _paired(self, start: Evaluation, now: Evaluation) -> Alarm | None:
+        change = {k: difference_interval(now.scores[k], start.scores[k], level=self.level) for k in (TRAINED, *now.held_out)}
+        fell = {k: v for k, v in change.items() if k != TRAINED and v.high < 0}
+        if change[TRAINED].low > 0 and fell:
+            detail = ", ".join(f"{k} by {-v.estimate:.3g} [{-v.high:.3g}, {-v.low:.3g}]" for k, v in fell.items())
+            return Alarm(now.step, "hacking", f"reward hacking? from step {start.step} to {now.step} the trained reward rose by "
+                                              f"{change[TRAINED].estimate:.3g} [{change[TRAINED].low:.3g}, {change[TRAINED].high:.3g}] "
+                                              f"while held-out rewards fell: {detail} (95% intervals, paired per image)")
+        return None
+
+    def _unpaired(self, start: Evaluation, now: Evaluation) -> Alarm | None:
+        first = self.history[0]
         rise = (now.trained - start.trained) / max(first.trained_noise, 1e-12)
         falls = {k: (now.held_out[k] - start.held_out[k]) / max(first.held_out_noise.get(k, 1.0), 1e-12) for k in now.held_out}
-        fall = float(np.mean(list(falls.values())))
-        if rise > 1.0 and fall < -self.drop:
+        if rise > 1.0 and float(np.mean(list(falls.values()))) < -self.drop:
             detail = ", ".join(f"{k} {v:+.1f}" for k, v in falls.items())
             return Alarm(now.step, "hacking", f"reward hacking? from step {start.step} to {now.step} the trained reward rose by {rise:.1f} "
-                                              f"noise units while the held-out rewards fell ({detail})")
+                                              f"half-widths while the held-out rewards fell ({detail})")
         return None
 
     def _collapse(self) -> Alarm | None:

@@ -76,12 +76,13 @@ class HeldOutEvaluation:
         shape = (len(self.prompts), len(self.seeds))
         per_image = [self.prompts.prompts[i] for i, _ in self.jobs]
         result = score_images(files[0].parent, self.rewards, prompts=per_image)
-        intervals = {name: mean_interval(np.asarray(v).reshape(shape)) for name, v in result.scores.items()}
+        grids = {name: np.asarray(v).reshape(shape) for name, v in result.scores.items()}
+        intervals = {name: mean_interval(v) for name, v in grids.items()}
         images = torch.stack([load_image(f) for f in files]).reshape(*shape, *load_image(files[0]).shape)
         diversity = seed_diversity(images) if len(self.seeds) > 1 else None
         self.first_files = self.first_files or files
         drift = pixel_drift(files, self.first_files, shape)
-        evaluation = evaluation_of(step, intervals, diversity)
+        evaluation = evaluation_of(step, intervals, diversity, grids)
         alarms = self.alarm.add(evaluation)
         grid = image_grid({f"seed {s}": files[j::len(self.seeds)] for j, s in enumerate(self.seeds)}, self.prompts.prompts,
                           self.out / f"step-{step:06d}.png")

@@ -72,10 +72,11 @@ class DigitsWatch:
             images = generate(generator, self.z, self.cond).clamp(-1, 1)
         finally:
             generator.train(was_training)
-        intervals = {k: mean_interval(v.double().numpy().reshape(self.shape)) for k, v in self.scores(images).items()}
+        grids = {k: v.double().numpy().reshape(self.shape) for k, v in self.scores(images).items()}
+        intervals = {k: mean_interval(v) for k, v in grids.items()}
         diversity = seed_diversity(images.reshape(*self.shape, *images.shape[1:]))
         drift = mean_interval(((images - self.initial) ** 2).mean((1, 2, 3)).sqrt().double().numpy().reshape(self.shape))
-        evaluation = evaluation_of(step, {k: intervals[k] for k in (TRAINED, HELD_OUT)}, diversity)
+        evaluation = evaluation_of(step, {k: intervals[k] for k in (TRAINED, HELD_OUT)}, diversity, grids)
         alarms = self.alarm.add(evaluation)
         outcome = EvalOutcome({**{f"eval/{k}": v.estimate for k, v in intervals.items()}, "eval/diversity": diversity, "eval/drift": drift.estimate},
                               alarms=[a.message for a in alarms], best=self.alarm.best().step == step)
