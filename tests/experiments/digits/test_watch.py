@@ -47,3 +47,20 @@ def test_the_alarm_stops_the_run_and_keeps_the_best_held_out_evaluation(hacked_r
 
     events = EventAccumulator(str(hacked_run / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert len(events.Images("samples")) == len(records) and "eval/gold" in events.Tags()["scalars"]
+
+
+def test_the_watch_reports_the_benchmarks_own_figures(hacked_run):
+    """On the same images, the evaluation during a run gives the benchmark's reward, gold and prompt accuracy."""
+    from didr import config as cfgio
+    from didr.experiments.config import RunConfig
+    from didr.experiments.digits.evaluate import Evaluator
+    from didr.experiments.digits.stages import generate, prepare_stages
+    from didr.experiments.digits.watch import DigitsWatch
+
+    cfg = cfgio.load(RunConfig, hacked_run / "config.yaml")
+    stages = prepare_stages(cfg.digits, cfg.train.seed, hacked_run / "stages", progress=False)
+    watch = DigitsWatch(stages, None, hacked_run / "stages", cfg.train.seed)
+    scalars = watch(stages.generator, 0).scalars
+    figures = Evaluator(stages)(generate(stages.generator, watch.z, watch.cond), watch.cond)
+    for name, figure in (("trained", "reward"), ("gold", "gold"), ("prompt_accuracy", "prompt_accuracy")):
+        assert scalars[f"eval/{name}"] == pytest.approx(figures[figure], rel=1e-6, abs=1e-7)

@@ -5,6 +5,7 @@ reward), precision and recall."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +17,17 @@ from didr.experiments.digits.stages import DigitStages
 from didr.rewards.base import call_reward
 
 EVAL_SEED = 12345  # the evaluation inputs (z, prompts), the same for every method
+
+
+@dataclass(frozen=True)
+class PerImage:
+    """Per sample: the reward and its terms, the gold attribute, whether the evaluation classifier
+    recognises the prompt's digit, and the evaluation classifier's features."""
+
+    rewards: dict[str, Tensor]
+    gold: Tensor
+    prompt_correct: Tensor
+    features: Tensor
 
 
 class Evaluator:
@@ -45,20 +57,26 @@ class Evaluator:
         return {"reward": s.reward.combine(rewards["preference"], rewards["prompt_logp"], rewards.get("outside_ink")), **rewards}  # its parts, not a second pass
 
     @torch.no_grad()
-    def __call__(self, images: Tensor, cond: Any) -> dict[str, float]:
+    def per_image(self, images: Tensor, cond: Any) -> PerImage:
         s, x = self.s, images.clamp(-1, 1)
-        labels = s.prompts.digits(cond)
-        rewards = self.rewards(x, cond)
         feats = im.features(s.eval_classifier, x)
+        correct = (s.eval_classifier.head(feats.float()).argmax(1) == s.prompts.digits(cond)).double()  # the features' own head
+        return PerImage(self.rewards(x, cond), s.gold(x), correct, feats)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, cond: Any) -> dict[str, float]:
+        s = self.s
+        per = self.per_image(images, cond)
+        rewards, feats = per.rewards, per.features
         precision, recall = im.knn_precision_recall(self.real_feats, feats)
-        gold = float(s.gold(x).mean())
+        gold = float(per.gold.mean())
         beta = im.matched_temperature(self.real_rewards, s.data.test_y, float(rewards["reward"].mean()))
         weights = im.tilted_weights(self.real_rewards, s.data.test_y, beta)
         return {
             **{k: float(v.mean()) for k, v in rewards.items()},
             "gold": gold,
             "gold_deficit": 1.0 - gold,
-            "prompt_accuracy": float((s.eval_classifier.head(feats.float()).argmax(1) == labels).double().mean()),  # the features' own head
+            "prompt_accuracy": float(per.prompt_correct.mean()),
             "fid_real": im.frechet_distance(feats, self.real_feats),
             "fid_opt": im.frechet_distance(feats, self.real_feats, weights) if math.isfinite(beta) else math.nan,
             "opt_beta": beta,

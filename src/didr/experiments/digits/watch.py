@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from didr.eval import image_metrics as im
 from didr.eval.alarm import TRAINED, EvaluationLog, HackingAlarm, evaluation_of, seed_diversity
 from didr.eval.plots import read_rgb, save_grid
 from didr.eval.stats import mean_interval
-from didr.experiments.digits.evaluate import EVAL_SEED
+from didr.experiments.digits.evaluate import EVAL_SEED, Evaluator
 from didr.experiments.digits.rewards import data_key, heldout_classifier
 from didr.experiments.digits.stages import DigitStages, generate
 from didr.rewards.base import call_reward
@@ -48,6 +47,7 @@ class DigitsWatch:
         self.shape = (prompts, seeds)
         self.held_out = ClassifierReward(heldout_classifier(stages.cfg, stages.data, data_key(stages.cfg, seed), stage_dir, seed))
         self.support = digit_support(stages.data.train_x)
+        self.evaluator = Evaluator(stages)
         self.initial = generate(stages.generator, self.z, self.cond).clamp(-1, 1)
         self.log = EvaluationLog(self.out / "evaluations.jsonl") if self.out is not None else None
         if self.out is not None:
@@ -58,12 +58,11 @@ class DigitsWatch:
 
     @torch.no_grad()
     def scores(self, images: Tensor) -> dict[str, Tensor]:
-        """Per image: the trained reward, the held-out one, and the truth the alarm does not see."""
-        s, labels = self.s, self.s.prompts.digits(self.cond)
-        feats = im.features(s.eval_classifier, images)
-        return {TRAINED: call_reward(s.reward, images, self.cond), HELD_OUT: call_reward(self.held_out, images, self.cond),
-                "gold": s.gold(images), "prompt_accuracy": (s.eval_classifier.head(feats.float()).argmax(1) == labels).double(),
-                "outside_ink": outside_ink(images, self.support)}
+        """Per image: the trained reward, the held-out one, and the truth the alarm does not see, each
+        as the benchmark's evaluation computes it."""
+        per = self.evaluator.per_image(images, self.cond)
+        return {TRAINED: per.rewards["reward"], HELD_OUT: call_reward(self.held_out, images, self.cond), "gold": per.gold,
+                "prompt_accuracy": per.prompt_correct, "outside_ink": outside_ink(images, self.support)}
 
     def __call__(self, generator: nn.Module, step: int) -> EvalOutcome:
         was_training = generator.training
