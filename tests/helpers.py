@@ -107,3 +107,14 @@ class HubCache:
     def env(self) -> dict:
         """A subprocess environment that reads this cache, offline."""
         return {**subprocess_env(), "HF_HUB_CACHE": str(self.root), "HF_HUB_OFFLINE": "1"}
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/NAME.py`` as a module (registered, so that its dataclasses find it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

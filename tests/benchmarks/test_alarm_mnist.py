@@ -1,21 +1,17 @@
 """benchmarks/alarm_mnist.py: the alarm is scored against the truth as its docstring says, on
 recorded evaluations whose onset and alarm are known."""
 
-import importlib.util
 
 import pytest
 
 from didr.eval.alarm import TRAINED, evaluation_of
 from didr.eval.stats import Interval
-from tests.helpers import ROOT
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("alarm_mnist", ROOT / "benchmarks" / "alarm_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("alarm_mnist")
 
 
 def recorded(trained, held_out, gold, accuracy, half=0.1):

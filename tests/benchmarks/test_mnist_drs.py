@@ -1,7 +1,6 @@
 """benchmarks/mnist_drs.py: the split-half reference's own noise is removed from an estimator's
 error, checked where the exact DRS is known (a Gaussian mixture with its exact denoiser)."""
 
-import importlib.util
 import math
 
 import pytest
@@ -11,15 +10,12 @@ from didr.diffusion.mixture import GaussianMixture, MixtureDenoiser
 from didr.diffusion.schedules import make_schedule
 from didr.objectives.drs import DRPEstimator, ExactMixtureDRS
 from didr.rewards.toy import SigmoidReward
-from tests.helpers import ROOT
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def drs_bench():
-    spec = importlib.util.spec_from_file_location("mnist_drs", ROOT / "benchmarks" / "mnist_drs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("mnist_drs")
 
 
 def test_noise_corrected_error_removes_the_references_noise(drs_bench):

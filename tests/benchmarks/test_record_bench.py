@@ -1,7 +1,6 @@
 """benchmarks/record_bench.py: the recorded report comes from the runs' own metrics.json, and a
 rerun of the same command is checked against the first run's figures."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,16 +9,12 @@ import pytest
 
 from didr.config import to_dict
 from didr.experiments.digits.bench import preset
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def record_bench():
-    spec = importlib.util.spec_from_file_location("record_bench", ROOT / "benchmarks" / "record_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("record_bench")
 
 
 def _rows(family, setting, rewards, fids):

@@ -14,14 +14,11 @@ within the same tolerances.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.helpers import load_benchmark
+
 pytest.importorskip("diffusers")
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sharded_training.py"
 #: max |difference| of any exported weight (the tiny networks' weights are O(0.1 - 1))
 SAME_BATCH_ATOL = 1e-5
 #: max |difference| of a logged loss, relative to the largest |value| it takes in the run (the
@@ -30,11 +27,7 @@ LOSS_RTOL = 1e-5
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("sharded_training", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sharded_training"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("sharded_training")
 
 
 def assert_same_batch(c: dict) -> None:

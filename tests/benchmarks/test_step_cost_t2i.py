@@ -2,22 +2,16 @@
 its grid is built and stepped through the real loop, and the recorded table divides each DIDR
 row by the DI++ row of the same setting."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_benchmark
+
 pytest.importorskip("diffusers")
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_cost_t2i.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("step_cost_t2i", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_cost_t2i"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("step_cost_t2i")
 
 
 def test_grid_pairs_every_didr_row_with_its_di_plus_plus_row():
