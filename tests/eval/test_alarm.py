@@ -103,3 +103,12 @@ def test_the_evaluation_log_replaces_a_rewritten_step_and_reads_back(tmp_path):
         log.write({"evaluation": evaluation.__dict__})
     assert [(e.step, e.trained) for e in log.evaluations()] == [(0, 1.0), (10, 5.0)]
     assert abs(log.evaluations()[1].trained_noise - 0.2) < 1e-12 and log.evaluations()[1].held_out == {"hps": -5.0}
+
+
+def test_a_resumed_run_replaces_the_evaluations_from_its_step_on():
+    evals = history([0, 0.2, 0.5, 0.9], [0.5, 0.45, 0.3, 0.1])
+    alarm = HackingAlarm(history=list(evals))  # an earlier start got to step 300; the run resumed from step 200
+    fired = alarm.add(evals[2])
+    assert [e.step for e in alarm.history] == [0, 100, 200]
+    assert fired == []  # step 200 alone shows hacking: it needs a second evaluation in a row
+    assert [a.step for a in alarm.add(evals[3])] == [300]

@@ -108,14 +108,13 @@ class HackingAlarm:
     confirm: int = 2  # evaluations in a row that must show hacking before it fires
     drop: float = 1.0  # the unpaired rule's fall, in half-widths
     history: list[Evaluation] = field(default_factory=list)
-    _shown: int = field(default=0, repr=False)  # evaluations in a row that showed hacking
 
     def add(self, evaluation: Evaluation) -> list[Alarm]:
-        """Record an evaluation; the alarms it raises."""
-        self.history.append(evaluation)
-        hacking = self._hacking()
-        self._shown = self._shown + 1 if hacking is not None else 0
-        return [a for a in (hacking if self._shown >= self.confirm else None, self._collapse()) if a is not None]
+        """Record an evaluation (replacing any of its step or later: a resumed run); the alarms it raises."""
+        self.history = [e for e in self.history if e.step < evaluation.step] + [evaluation]
+        shown = [self._hacking(len(self.history) - k) for k in range(self.confirm)]
+        hacking = shown[0] if all(a is not None for a in shown) else None
+        return [a for a in (hacking, self._collapse()) if a is not None]
 
     def held_out_score(self, evaluation: Evaluation) -> float:
         """The held-out criterion: mean held-out reward in noise units of the first evaluation (the
@@ -128,10 +127,11 @@ class HackingAlarm:
     def best(self) -> Evaluation | None:
         return max(self.history, key=self.held_out_score) if self.history else None
 
-    def _hacking(self) -> Alarm | None:
-        if len(self.history) < self.window or not self.history[0].held_out:
+    def _hacking(self, end: int) -> Alarm | None:
+        """Whether the evaluations up to ``end`` (exclusive) show hacking at their last."""
+        if end < self.window or not self.history[0].held_out:
             return None
-        start, now = self.history[-self.window], self.history[-1]
+        start, now = self.history[end - self.window], self.history[end - 1]
         if self.paired and all(k in start.scores and k in now.scores for k in (TRAINED, *now.held_out)):
             return self._paired(start, now)
         return self._unpaired(start, now)
