@@ -48,6 +48,8 @@ RULES = {"paired, window 3, 2 in a row (the default)": {}, "paired, window 3, at
          "unpaired, window 6, at once": {"paired": False, "window": 6, "confirm": 1}}
 #: the runs plotted (first seed): caught fast and slow, missed, and clean
 SHOWN = ("ReFL reg=3, proxy", "ReFL reg=10, proxy", "DI++ a=64, proxy", "DI++ a=16, proxy", "DIDR b=0.03, proxy", "ReFL reg=30, plain")
+#: the runs whose samples are shown (first seed): caught, missed, quiet
+SAMPLES = ("ReFL reg=3, proxy", "DI++ a=16, proxy", "DIDR b=0.125, proxy")
 #: the default rule (paired, 2 in a row) was chosen on these seeds' runs; the later seeds ran after
 CHOSEN_ON = (0, 1, 2)
 
@@ -178,7 +180,7 @@ def report(runs: list[dict], args) -> str:
         short = np.mean([s["gold_best"] - s["gold_kept"] for s in hacked])
         lines += ["", f"The evaluation the alarm keeps, in the hacked runs: gold {kept:+.3f} on average against the run's end, "
                       f"{short:.3f} below the run's best evaluation by gold."]
-    lines += ["", "![curves](alarm_mnist.png)", ""]
+    lines += ["", "![curves](alarm_mnist.png)", "", "![held-out samples at the first and last evaluation](alarm_mnist_samples.png)", ""]
     return "\n".join(lines)
 
 
@@ -218,6 +220,27 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_samples(out: Path, runs: list[dict], path: Path) -> None:
+    """The held-out grids at the first and last evaluation of a caught, a missed and a quiet run (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = [r for label in SAMPLES for r in runs if r["label"] == label and r["seed"] == runs[0]["seed"]]
+    fig, axes = plt.subplots(len(picks), 2, figsize=(7.2, 3.1 * len(picks)), squeeze=False)
+    for row, run in zip(axes, picks):
+        folder = out / "runs" / f"{_slug(run['label'])}-s{run['seed']}" / "samples"
+        for ax, record in zip(row, (run["records"][0], run["records"][-1])):
+            step = record["evaluation"]["step"]
+            ax.imshow(plt.imread(folder / f"step-{step:06d}.png"))
+            ax.set_title(f"{run['label']}: {verdict(score_run(run, {}))}\nstep {step}, gold {record['intervals']['gold']['estimate']:.2f}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", type=Path, help="didr bench mnist's OUT/stages (built there when absent)")
@@ -246,6 +269,7 @@ def main() -> None:
         recorded_args = {"steps": args.steps, "eval_every": args.eval_every, "seeds": args.seeds, "ink_weight": args.ink_weight, "jobs": args.jobs}
         atomic_write_text(json.dumps({"runs": runs, "args": recorded_args}), args.out / "runs.json")
     plot(runs, args.out / "alarm_mnist.png")
+    plot_samples(args.out, runs, args.out / "alarm_mnist_samples.png")
     atomic_write_text(report(runs, args), args.out / "alarm_mnist.md")
     print(f"wrote {args.out / 'alarm_mnist.md'}")
 
