@@ -34,6 +34,7 @@ import torch
 
 from didr.eval.alarm import Evaluation, HackingAlarm, lasting_decline
 from didr.experiments.digits.bench import preset
+from didr.experiments.digits.rewards import data_key, heldout_classifier
 from didr.experiments.digits.stages import align, prepare_stages
 from didr.experiments.digits.watch import DigitsWatch
 from didr.experiments.sweep import RunPool
@@ -70,6 +71,13 @@ def _init(stage_dir: str, ink_weight: float) -> None:
     cfg = preset("mnist", False, [])
     _WORKER.update(cfg=cfg, stage_dir=Path(stage_dir), stages={w: prepare_stages(replace(cfg.digits, ink_weight=w), cfg.train.seed, Path(stage_dir),
                                                                                   progress=False) for w in (0.0, ink_weight)})
+
+
+def build_stages(stage_dir: Path, jobs: int) -> None:
+    """The benchmark's stages and the held-out classifier, built where they are not cached."""
+    cfg = preset("mnist", False, [])
+    stages = prepare_stages(cfg.digits, cfg.train.seed, stage_dir, progress=True, log=print, jobs=jobs)
+    heldout_classifier(cfg.digits, stages.data, data_key(cfg.digits, cfg.train.seed), stage_dir, cfg.train.seed)
 
 
 def run_one(label: str, ink_weight: float, method: MethodConfig, seed: int, steps: int, eval_every: int, out: str) -> dict:
@@ -260,6 +268,7 @@ def main() -> None:
         vars(args).update(recorded.get("args", {}))  # the report states the recorded run's command
     else:
         stage_dir = args.stages or args.out / "stages"
+        build_stages(stage_dir, args.jobs)  # once, here: the workers only load them
         tasks = [(label, w, m, seed, args.steps, args.eval_every, str(args.out / "runs" / f"{_slug(label)}-s{seed}"))
                  for label, w, m in settings(args.ink_weight) if not args.only or args.only in label for seed in args.seeds]
         with RunPool(args.jobs, _init, (str(stage_dir), args.ink_weight)) as pool:
