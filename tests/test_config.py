@@ -36,6 +36,8 @@ def test_overrides_parse_yaml_values(tmp_path):
         (["train.progress=3"], "expected true or false"),
         (["experiment=nope"], "unknown experiment 'nope'"),
         (["backbone.generator_renoise=noisy"], "backbone.generator_renoise: must be one of ddim, fresh"),
+        (["experiment=digits", "digits.ink_weight=-1"], "digits.ink_weight: must be >= 0"),
+        (["train.alarm=loud"], "train.alarm: must be one of off, warn, stop"),
     ],
 )
 def test_bad_fields_are_named(overrides, fragment):
