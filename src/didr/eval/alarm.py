@@ -143,7 +143,7 @@ class HackingAlarm:
             detail = ", ".join(f"{k} by {-v.estimate:.3g} [{-v.high:.3g}, {-v.low:.3g}]" for k, v in fell.items())
             return Alarm(now.step, "hacking", f"reward hacking? from step {start.step} to {now.step} the trained reward rose by "
                                               f"{change[TRAINED].estimate:.3g} [{change[TRAINED].low:.3g}, {change[TRAINED].high:.3g}] "
-                                              f"while held-out rewards fell: {detail} (95% intervals, paired per image)")
+                                              f"while held-out rewards fell: {detail} ({self.level:.0%} intervals, paired per image)")
         return None
 
     def _unpaired(self, start: Evaluation, now: Evaluation) -> Alarm | None:

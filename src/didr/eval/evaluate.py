@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from didr.config import require
 from didr.data.prompt_sets import PromptSet, load_prompt_set
@@ -148,13 +150,16 @@ def score_generator(spec: GeneratorSpec, files: list[Path], per_image: list[str]
 
 def pixel_drift(a: list[Path], b: list[Path], shape: tuple[int, int]) -> Interval | None:
     """RMS difference in [-1, 1] between images of the same prompt and seed; None when their sizes differ."""
-    values = []
-    for fa, fb in zip(a, b):
-        ia, ib = load_image(fa), load_image(fb)
-        if ia.shape != ib.shape:
-            return None
-        values.append(float(((ia - ib) ** 2).mean().sqrt()))
-    return mean_interval(np.asarray(values).reshape(shape))
+    ia, ib = [load_image(f) for f in a], [load_image(f) for f in b]
+    if any(x.shape != y.shape for x, y in zip(ia, ib)):
+        return None
+    return drift_interval(torch.stack(ia), torch.stack(ib), shape)
+
+
+def drift_interval(images: Tensor, base: Tensor, shape: tuple[int, int]) -> Interval:
+    """The mean over images of the RMS difference between ``images`` and ``base`` (the same prompt and
+    seed, (N, ...) in [-1, 1], laid out as ``shape`` = (prompts, seeds)), with its interval."""
+    return mean_interval(((images - base) ** 2).flatten(1).mean(1).sqrt().double().numpy().reshape(shape))
 
 
 def summarise(scores: dict[str, Scores], base: str, protocol: dict) -> dict[str, Any]:

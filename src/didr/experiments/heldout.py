@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from didr.eval.alarm import TRAINED, Alarm, Evaluation, EvaluationLog, HackingAlarm, evaluation_of, seed_diversity
-from didr.eval.evaluate import pixel_drift
+from didr.eval.evaluate import drift_interval
 from didr.eval.generators import image_name, save_png
 from didr.eval.plots import image_grid, read_rgb
 from didr.eval.score import load_image, score_images
@@ -44,9 +44,9 @@ class HeldOutEvaluation:
         self.log = EvaluationLog(self.out / "evaluations.jsonl")
         # a resumed run: the alarm's history and the drift's baseline from its earlier start
         self.alarm = HackingAlarm(history=self.log.evaluations())
-        self.first_files: list[Path] | None = None
+        self.first_images: Tensor | None = None  # the drift's baseline
         if self.alarm.history:
-            self.first_files = self._files(self.alarm.history[0].step)
+            self.first_images = torch.stack([load_image(f) for f in self._files(self.alarm.history[0].step)])
 
     def _files(self, step: int) -> list[Path]:
         return [self.out / f"step-{step:06d}" / image_name(i, s) for i, s in self.jobs]
@@ -78,22 +78,22 @@ class HeldOutEvaluation:
         result = score_images(files[0].parent, self.rewards, prompts=per_image)
         grids = {name: np.asarray(v).reshape(shape) for name, v in result.scores.items()}
         intervals = {name: mean_interval(v) for name, v in grids.items()}
-        images = torch.stack([load_image(f) for f in files]).reshape(*shape, *load_image(files[0]).shape)
-        diversity = seed_diversity(images) if len(self.seeds) > 1 else None
-        self.first_files = self.first_files or files
-        drift = pixel_drift(files, self.first_files, shape)
+        images = torch.stack([load_image(f) for f in files])
+        diversity = seed_diversity(images.reshape(*shape, *images.shape[1:])) if len(self.seeds) > 1 else None
+        self.first_images = images if self.first_images is None else self.first_images
+        drift = drift_interval(images, self.first_images, shape)
         evaluation = evaluation_of(step, intervals, diversity, grids)
         alarms = self.alarm.add(evaluation)
         grid = image_grid({f"seed {s}": files[j::len(self.seeds)] for j, s in enumerate(self.seeds)}, self.prompts.prompts,
                           self.out / f"step-{step:06d}.png")
         self._record(evaluation, intervals, drift, alarms)
         scalars = {f"eval/{name}": iv.estimate for name, iv in intervals.items()}
-        scalars.update({"eval/diversity": diversity or 0.0, "eval/drift": drift.estimate if drift is not None else 0.0})
+        scalars.update({"eval/diversity": diversity or 0.0, "eval/drift": drift.estimate})
         return EvalOutcome(scalars, {"samples": read_rgb(grid)}, [a.message for a in alarms], best=self.alarm.best().step == step)
 
-    def _record(self, evaluation: Evaluation, intervals: dict[str, Interval], drift: Interval | None, alarms: list[Alarm]) -> None:
+    def _record(self, evaluation: Evaluation, intervals: dict[str, Interval], drift: Interval, alarms: list[Alarm]) -> None:
         self.log.write({"evaluation": evaluation.__dict__, "intervals": {k: v.to_dict() for k, v in intervals.items()},
-                        "drift": drift.to_dict() if drift is not None else None, "alarms": [a.__dict__ for a in alarms],
+                        "drift": drift.to_dict(), "alarms": [a.__dict__ for a in alarms],
                         "best_step": self.alarm.best().step})
 
     def history(self) -> list[dict[str, Any]]:

@@ -30,6 +30,26 @@ class PerImage:
     features: Tensor
 
 
+@torch.no_grad()
+def sample_rewards(stages: DigitStages, images: Tensor, cond: Any) -> dict[str, Tensor]:
+    """Per sample: the reward and its terms (the images clamped to [-1, 1] first)."""
+    s, x = stages, images.clamp(-1, 1)
+    chunks = list(zip(x.split(500), split_cond(cond, 500)))
+    rewards = {name: torch.cat([call_reward(fn, xx, cc) for xx, cc in chunks]) for name, fn in (("preference", s.preference), ("prompt_logp", s.reward.prompt))}
+    if s.reward.ink_weight:
+        rewards["outside_ink"] = s.reward.outside_ink(x)
+    return {"reward": s.reward.combine(rewards["preference"], rewards["prompt_logp"], rewards.get("outside_ink")), **rewards}  # its parts, not a second pass
+
+
+@torch.no_grad()
+def per_image(stages: DigitStages, images: Tensor, cond: Any) -> PerImage:
+    """What the benchmark's evaluation measures of each sample (no held-out set needed)."""
+    x = images.clamp(-1, 1)
+    feats = im.features(stages.eval_classifier, x)
+    correct = (stages.eval_classifier.head(feats.float()).argmax(1) == stages.prompts.digits(cond)).double()  # the features' own head
+    return PerImage(sample_rewards(stages, x, cond), stages.gold(x), correct, feats)
+
+
 class Evaluator:
     """Scores sample sets against the held-out split. Samples are clamped to [-1, 1] first, as an
     image would be on saving; the held-out features and rewards are computed once.
@@ -46,22 +66,11 @@ class Evaluator:
         with torch.no_grad():
             self.real_rewards = torch.cat([call_reward(stages.reward, xx, yy) for xx, yy in zip(real.split(500), labels.split(500))])
 
-    @torch.no_grad()
     def rewards(self, images: Tensor, cond: Any) -> dict[str, Tensor]:
-        """Per sample: the reward and its two terms (the images clamped to [-1, 1] first)."""
-        s, x = self.s, images.clamp(-1, 1)
-        chunks = list(zip(x.split(500), split_cond(cond, 500)))
-        rewards = {name: torch.cat([call_reward(fn, xx, cc) for xx, cc in chunks]) for name, fn in (("preference", s.preference), ("prompt_logp", s.reward.prompt))}
-        if s.reward.ink_weight:
-            rewards["outside_ink"] = s.reward.outside_ink(x)
-        return {"reward": s.reward.combine(rewards["preference"], rewards["prompt_logp"], rewards.get("outside_ink")), **rewards}  # its parts, not a second pass
+        return sample_rewards(self.s, images, cond)
 
-    @torch.no_grad()
     def per_image(self, images: Tensor, cond: Any) -> PerImage:
-        s, x = self.s, images.clamp(-1, 1)
-        feats = im.features(s.eval_classifier, x)
-        correct = (s.eval_classifier.head(feats.float()).argmax(1) == s.prompts.digits(cond)).double()  # the features' own head
-        return PerImage(self.rewards(x, cond), s.gold(x), correct, feats)
+        return per_image(self.s, images, cond)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, cond: Any) -> dict[str, float]:

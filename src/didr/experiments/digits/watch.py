@@ -22,9 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from didr.eval.alarm import TRAINED, EvaluationLog, HackingAlarm, evaluation_of, seed_diversity
+from didr.eval.evaluate import drift_interval
 from didr.eval.plots import read_rgb, save_grid
 from didr.eval.stats import mean_interval
-from didr.experiments.digits.evaluate import EVAL_SEED, Evaluator
+from didr.experiments.digits.evaluate import EVAL_SEED, per_image
 from didr.experiments.digits.rewards import data_key, heldout_classifier
 from didr.experiments.digits.stages import DigitStages, generate
 from didr.rewards.base import call_reward
@@ -47,7 +48,6 @@ class DigitsWatch:
         self.shape = (prompts, seeds)
         self.held_out = ClassifierReward(heldout_classifier(stages.cfg, stages.data, data_key(stages.cfg, seed), stage_dir, seed))
         self.support = digit_support(stages.data.train_x)
-        self.evaluator = Evaluator(stages)
         self.initial = generate(stages.generator, self.z, self.cond).clamp(-1, 1)
         self.log = EvaluationLog(self.out / "evaluations.jsonl") if self.out is not None else None
         if self.out is not None:
@@ -60,7 +60,7 @@ class DigitsWatch:
     def scores(self, images: Tensor) -> dict[str, Tensor]:
         """Per image: the trained reward, the held-out one, and the truth the alarm does not see, each
         as the benchmark's evaluation computes it."""
-        per = self.evaluator.per_image(images, self.cond)
+        per = per_image(self.s, images, self.cond)
         return {TRAINED: per.rewards["reward"], HELD_OUT: call_reward(self.held_out, images, self.cond), "gold": per.gold,
                 "prompt_accuracy": per.prompt_correct, "outside_ink": outside_ink(images, self.support)}
 
@@ -71,17 +71,18 @@ class DigitsWatch:
             images = generate(generator, self.z, self.cond).clamp(-1, 1)
         finally:
             generator.train(was_training)
+        by_prompt = images.reshape(*self.shape, *images.shape[1:])
         grids = {k: v.double().numpy().reshape(self.shape) for k, v in self.scores(images).items()}
         intervals = {k: mean_interval(v) for k, v in grids.items()}
-        diversity = seed_diversity(images.reshape(*self.shape, *images.shape[1:]))
-        drift = mean_interval(((images - self.initial) ** 2).mean((1, 2, 3)).sqrt().double().numpy().reshape(self.shape))
+        diversity = seed_diversity(by_prompt)
+        drift = drift_interval(images, self.initial, self.shape)
         evaluation = evaluation_of(step, {k: intervals[k] for k in (TRAINED, HELD_OUT)}, diversity, grids)
         alarms = self.alarm.add(evaluation)
         outcome = EvalOutcome({**{f"eval/{k}": v.estimate for k, v in intervals.items()}, "eval/diversity": diversity, "eval/drift": drift.estimate},
                               alarms=[a.message for a in alarms], best=self.alarm.best().step == step)
         if self.out is not None:
             grid = self.out / f"step-{step:06d}.png"
-            save_grid(images.reshape(*self.shape, *images.shape[1:])[: min(10, self.shape[0])].transpose(0, 1).reshape(-1, *images.shape[1:]),
+            save_grid(by_prompt[: min(10, self.shape[0])].transpose(0, 1).reshape(-1, *images.shape[1:]),
                       grid, nrow=min(10, self.shape[0]), title=f"step {step}")
             outcome.images["samples"] = read_rgb(grid)
             self.log.write({"evaluation": evaluation.__dict__, "intervals": {k: v.to_dict() for k, v in intervals.items()},
