@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from didr.eval.image_metrics import mean_pairwise_distance
 from didr.eval.stats import Interval, difference_interval
 from didr.files import atomic_write_text
 
@@ -67,10 +67,8 @@ def seed_diversity(images: Tensor) -> float:
     """Mean over prompts of the RMS distance between the images of two of its seeds, over every pair:
     ``images`` (prompts, seeds, ...) in [-1, 1]."""
     prompts, seeds = images.shape[:2]
-    flat = images.reshape(prompts, seeds, -1).double()
-    distance = torch.cdist(flat, flat) / flat.shape[-1] ** 0.5
-    upper = torch.triu_indices(seeds, seeds, 1)
-    return float(distance[:, upper[0], upper[1]].mean())
+    flat = images.reshape(prompts * seeds, -1)
+    return mean_pairwise_distance(flat, [i // seeds for i in range(len(flat))])[0] / flat.shape[1] ** 0.5  # Euclidean -> RMS
 
 
 class EvaluationLog:
