@@ -171,10 +171,11 @@ class DigitReward(FrozenReward):
                  support: Tensor | None = None):
         super().__init__()
         self.preference, self.prompt, self.prompt_weight, self.ink_weight = preference, prompt, float(prompt_weight), float(ink_weight)
+        if self.ink_weight and support is None:
+            raise ConfigError("a reward that pays for ink outside the digits needs the digits' support")
         if self.ink_weight:
-            if support is None:
-                raise ConfigError("a reward that pays for ink outside the digits needs the digits' support")
             self.name = "preference+prompt+outside-ink"
+        if support is not None:
             self.register_buffer("support", support.bool())
 
     def forward(self, images: Tensor, prompts: Any = None) -> Tensor:

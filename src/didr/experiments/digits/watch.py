@@ -29,7 +29,7 @@ from didr.experiments.digits.evaluate import EVAL_SEED, per_image
 from didr.experiments.digits.rewards import data_key, heldout_classifier
 from didr.experiments.digits.stages import DigitStages, generate
 from didr.rewards.base import call_reward
-from didr.rewards.digits import ClassifierReward, digit_support, outside_ink
+from didr.rewards.digits import ClassifierReward, outside_ink
 from didr.train.evaluation import EvalOutcome
 
 HELD_OUT = "heldout_prompt"  # the held-out reward's name
@@ -47,7 +47,6 @@ class DigitsWatch:
         self.z = noise.repeat(prompts, 1, 1, 1)  # image (p, s) from seed s's noise, the same for every prompt
         self.shape = (prompts, seeds)
         self.held_out = ClassifierReward(heldout_classifier(stages.cfg, stages.data, data_key(stages.cfg, seed), stage_dir, seed))
-        self.support = digit_support(stages.data.train_x)
         self.initial = generate(stages.generator, self.z, self.cond).clamp(-1, 1)
         self.log = EvaluationLog(self.out / "evaluations.jsonl") if self.out is not None else None
         if self.out is not None:
@@ -62,7 +61,7 @@ class DigitsWatch:
         as the benchmark's evaluation computes it."""
         per = per_image(self.s, images, self.cond)
         return {TRAINED: per.rewards["reward"], HELD_OUT: call_reward(self.held_out, images, self.cond), "gold": per.gold,
-                "prompt_accuracy": per.prompt_correct, "outside_ink": outside_ink(images, self.support)}
+                "prompt_accuracy": per.prompt_correct, "outside_ink": outside_ink(images, self.s.reward.support)}
 
     def __call__(self, generator: nn.Module, step: int) -> EvalOutcome:
         was_training = generator.training
